@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian 12 / Raspberry Pi OS (bookworm) machine:
+# the Debian packages the agent and its tests use, and a virtual environment
+# at .venv with the agent installed (so .venv/bin/examroom-agent exists).
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(
+  python3 python3-venv python3-dev gcc pkg-config
+  mosquitto mosquitto-clients          # the broker (tests and demo start private instances)
+  pcscd vsmartcard-vpcd libpcsclite-dev # PC/SC stack + virtual reader; headers for pyscard
+  libasound2-dev alsa-utils            # ALSA capture (pyalsaaudio builds against it)
+  sox espeak-ng                        # test signals for the audio monitor
+)
+
+missing=()
+for p in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# On a Pi, --system-site-packages lets the venv see Raspberry Pi OS's python3-picamera2.
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv --system-site-packages .venv
+fi
+stamp=.venv/.examroom-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing the agent into .venv (pyscard and pyalsaaudio compile: a minute)"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[hw,dev]"
+  touch "$stamp"
+fi
