@@ -1,0 +1,192 @@
+"""``examroom-agent``: the one command sysadmins and technicians use.
+
+Exit codes follow gpiozero's pintest: 0 success, 1 the thing checked failed
+(self-test failed, command refused), 2 usage or configuration error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from agent import __version__
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG = "/etc/examroom/agent.toml"
+
+
+def _load(path: str):
+    from agent.config import load
+
+    return load(path)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def _call(args: argparse.Namespace, cmd: str, **kw: Any) -> dict[str, Any]:
+    from agent.control import call
+
+    cfg = _load(args.config)
+    return call(cfg.control["socket"], cmd, **kw)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import run_agent
+
+    cfg = _load(args.config)
+    level = args.log_level or cfg.log["level"]
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_agent(cfg)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    devices = ", ".join(f"{d.name} ({d.kind}/{d.backend})" for d in cfg.devices) or "none"
+    print(f"{args.config}: OK — room {cfg.room['id']} of site {cfg.site['id']}, "
+          f"topics under {cfg.base_topic}/, devices: {devices}")
+    if cfg.schedule is not None:
+        print(f"  exam sessions: {len(cfg.exams)}")
+    if cfg.checkin["seatplan"]:
+        from agent.seatplan import load_seatplan
+
+        plan = load_seatplan(cfg.checkin["seatplan"], cfg.room["id"])
+        print(f"  seat plan: {len(plan)} candidates, sha256 {plan.sha256[:16]}…")
+    return 0
+
+
+def _reply(resp: dict[str, Any], human: str | None = None) -> int:
+    if not resp.get("ok"):
+        print(f"error: {resp.get('error')}", file=sys.stderr)
+        return 1
+    resp.pop("ok", None)
+    print(human if human is not None else json.dumps(resp, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    resp = _call(args, "status")
+    if args.json or not resp.get("ok"):
+        return _reply(resp)
+    b, sp = resp["broker"], resp["spool"]
+    lines = [
+        f"room      {resp['agent']['room']} ({resp['agent']['room_label']}) of site {resp['agent']['site']}",
+        f"state     {resp['state']}" + "".join(f"\n  alert   {a}" for a in resp["alerts"]),
+        f"broker    {'connected' if b['connected'] else 'NOT connected'} to {b['host']}:{b['port']}, "
+        f"session {b['session']}, rtt {b['rtt_ms']} ms",
+        f"spool     {sp['events']} events waiting ({sp['bytes']} bytes), oldest {sp['oldest_age_s']} s"
+        + (", OVERFULL" if sp["overfull"] else ""),
+        f"heartbeat {resp['last_heartbeat'] or 'none yet'}",
+        "devices:",
+    ]
+    for name, d in resp["devices"].items():
+        lines.append(f"  {name:<12} {d['kind']:<15} {d['backend']:<9} {d['state']}"
+                     + (f" ({d['reason']})" if d.get("reason") else ""))
+    if resp.get("exam"):
+        lines.append("exam:      " + json.dumps(resp["exam"], ensure_ascii=False))
+    return _reply(resp, "\n".join(lines))
+
+
+def cmd_note(args: argparse.Namespace) -> int:
+    kw: dict[str, Any] = {"text": " ".join(args.text)}
+    if args.author:
+        kw["author"] = args.author
+    resp = _call(args, "note", **kw)
+    return _reply(resp, f"note recorded as event seq {resp.get('seq')}")
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    return _reply(_call(args, "sim", words=args.words))
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    resp = _call(args, "selftest", devices=args.devices or None)
+    if not resp.get("ok") or args.json:
+        return _reply(resp)
+    for r in resp["results"]:
+        verdict = "SKIPPED (absent)" if r["skipped"] else ("PASS" if r["ok"] else "FAIL")
+        print(f"{r['device']} ({r['kind']}): {verdict}")
+        for s in r["steps"]:
+            print(f"   {'ok ' if s['ok'] else 'BAD'} {s['name']}" + (f": {s['detail']}" if s["detail"] else ""))
+    print("self-test " + ("passed" if resp["passed"] else "FAILED"))
+    return 0 if resp["passed"] else 1
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from agent.watch import watch
+
+    if args.config:
+        cfg = _load(args.config)
+        host, port, prefix = cfg.mqtt["host"], cfg.mqtt["port"], cfg.mqtt["topic_prefix"]
+    else:
+        host, port, prefix = args.host, args.port, args.prefix
+    return watch(host, port, prefix, raw=args.raw, duration=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="examroom-agent", description="Exam-room edge agent")
+    p.add_argument("--version", action="version", version=f"examroom-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"agent config (default {DEFAULT_CONFIG})")
+        return sp
+
+    sp = with_config(sub.add_parser("run", help="run the agent (foreground; systemd runs this)"))
+    sp.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sp.set_defaults(fn=cmd_run)
+    sp = sub.add_parser("check-config", help="check a config file and exit (2 on any problem)")
+    sp.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    sp.set_defaults(fn=cmd_check)
+    sp = with_config(sub.add_parser("status", help="state of the running agent"))
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_status)
+    sp = with_config(sub.add_parser("note", help="record a note that travels to the aggregator"))
+    sp.add_argument("text", nargs="+")
+    sp.add_argument("--author")
+    sp.set_defaults(fn=cmd_note)
+    sp = with_config(sub.add_parser("selftest", help="self-test the devices (joint testing, exam morning)"))
+    sp.add_argument("devices", nargs="*", help="device names (default: all)")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_selftest)
+    sp = with_config(sub.add_parser("sim", help="act out hardware on simulated devices",
+                                    description="e.g. sim card 410105199001011234 | sim alarm on | "
+                                                "sim button clear | sim audio silence | sim camera black"))
+    sp.add_argument("words", nargs="+")
+    sp.set_defaults(fn=cmd_sim)
+    sp = sub.add_parser("watch", help="the aggregator's view: follow every room's topics live")
+    sp.add_argument("--config", "-c", help="take broker and prefix from this agent config")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=1883)
+    sp.add_argument("--prefix", default="exam")
+    sp.add_argument("--raw", action="store_true", help="print topic and payload as received")
+    sp.add_argument("--duration", type=float, help="stop after this many seconds")
+    sp.set_defaults(fn=cmd_watch)
+    from agent import cli_exam
+
+    cli_exam.add_commands(sub, with_config, _call, _reply)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from agent.control import AgentNotRunning
+
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except AgentNotRunning as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

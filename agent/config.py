@@ -1,0 +1,274 @@
+"""The agent's TOML configuration: parsed, checked whole, and frozen.
+
+Every problem in the file is collected before anything starts, so a sysadmin
+fixes the file in one pass and the agent never runs half-configured. Keys are
+described once in ``SCHEMA``; the same table produces the error messages.
+Relative paths are taken relative to the config file, so a config and its seat
+plan can travel together.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.errors import ConfigError, Problem
+
+TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RESERVED_ROOM_IDS = {"broadcast"}
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Key:
+    type: type | tuple[type, ...]
+    default: Any = None
+    required: bool = False
+    check: Callable[[Any], bool] | None = None
+    expected: str = ""
+    path: bool = False  # resolve relative to the config file
+
+
+def _topic_safe(v: str) -> bool:
+    return bool(TOPIC_SAFE.match(v))
+
+
+def _port(v: int) -> bool:
+    return 0 < v < 65536
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _listen(v: str) -> bool:
+    if v == "":
+        return True
+    host, sep, port = v.rpartition(":")
+    return bool(sep) and port.isdigit() and 0 <= int(port) < 65536
+
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "site": {
+        "id": Key(str, required=True, check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
+        "name": Key(str, default=""),
+    },
+    "room": {
+        "id": Key(str, required=True,
+                  check=lambda v: _topic_safe(v) and v not in RESERVED_ROOM_IDS,
+                  expected='1-64 of [A-Za-z0-9_-], not "broadcast"'),
+        "label": Key(str, default=""),
+    },
+    "mqtt": {
+        "host": Key(str, default="127.0.0.1"),
+        "port": Key(int, default=1883, check=_port, expected="a TCP port 1-65535"),
+        "topic_prefix": Key(str, default="exam", check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
+        "keepalive_s": Key(int, default=10, check=lambda v: 2 <= v <= 600, expected="2-600 seconds"),
+        "username": Key(str, default=""),
+        "password": Key(str, default=""),
+        "tls_ca": Key(str, default="", path=True),
+        "tls_cert": Key(str, default="", path=True),
+        "tls_key": Key(str, default="", path=True),
+        "reconnect_min_s": Key((int, float), default=0.5, check=_positive, expected="> 0 seconds"),
+        "reconnect_max_s": Key((int, float), default=30.0, check=_positive, expected="> 0 seconds"),
+        "inflight": Key(int, default=100, check=lambda v: 1 <= v <= 1000, expected="1-1000 messages"),
+    },
+    "spool": {
+        "path": Key(str, default="/var/lib/examroom/spool.db", path=True),
+        "max_bytes": Key(int, default=64 * 1024 * 1024, check=lambda v: v >= 64 * 1024,
+                         expected=">= 65536 bytes"),
+        "sync": Key(str, default="full", check=lambda v: v in ("full", "normal"),
+                    expected='"full" (survives power loss) or "normal" (survives a crash)'),
+    },
+    "heartbeat": {
+        "interval_s": Key((int, float), default=10, check=lambda v: 0.1 <= v <= 3600,
+                          expected="0.1-3600 seconds"),
+    },
+    "control": {
+        "socket": Key(str, default="/run/examroom/agent.sock", path=True),
+    },
+    "metrics": {
+        "listen": Key(str, default="127.0.0.1:9108", check=_listen,
+                      expected='"host:port" or "" to disable'),
+    },
+    "checkin": {
+        "seatplan": Key(str, default="", path=True),
+        "record_dir": Key(str, default="/var/lib/examroom/records", path=True),
+        "journal": Key(str, default="/var/lib/examroom/checkin.journal", path=True),
+    },
+    "listening": {
+        "auto_switch_backup": Key(bool, default=False),
+    },
+    "log": {
+        "level": Key(str, default="INFO",
+                     check=lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+                     expected="DEBUG, INFO, WARNING or ERROR"),
+    },
+}
+
+_ARRAYS = {"device", "exam"}
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    kind: str
+    name: str
+    backend: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    sections: dict[str, dict[str, Any]]
+    devices: tuple[DeviceConfig, ...] = ()
+    exams: tuple[dict[str, Any], ...] = ()
+    schedule: Any = None  # agent.schedule.Schedule when [[exam]] tables are given
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # config.mqtt["port"] reads better than config.sections["mqtt"]["port"]
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(name)
+
+    @property
+    def base_topic(self) -> str:
+        return f"{self.mqtt['topic_prefix']}/{self.site['id']}/{self.room['id']}"
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+             list: "a list", dict: "a table"}
+    if isinstance(t, tuple):
+        return " or ".join(names.get(x, x.__name__) for x in t)
+    return names.get(t, t.__name__)
+
+
+def _type_ok(value: Any, t: type | tuple[type, ...]) -> bool:
+    types = t if isinstance(t, tuple) else (t,)
+    if isinstance(value, bool) and bool not in types:
+        return False  # TOML true is not a port number
+    return isinstance(value, types)
+
+
+def check_table(table: Any, schema: dict[str, Any], file: str, prefix: str,
+                base_dir: Path, problems: list[Problem]) -> dict[str, Any]:
+    """Check one table against a key schema (``Key`` or drivers' ``Option``); fill defaults."""
+    if not isinstance(table, dict):
+        problems.append(Problem(file, prefix, "expected a table", table))
+        return {}
+    out: dict[str, Any] = {}
+    for key in table:
+        if key not in schema:
+            known = ", ".join(sorted(schema)) or "none"
+            problems.append(Problem(file, f"{prefix}.{key}", f"unknown key (known: {known})"))
+    for key, spec in schema.items():
+        where = f"{prefix}.{key}"
+        if key not in table:
+            if spec.required:
+                problems.append(Problem(file, where, f"missing; expected {_type_name(spec.type)}"))
+            out[key] = spec.default
+            continue
+        value = table[key]
+        if not _type_ok(value, spec.type):
+            problems.append(Problem(file, where, f"expected {_type_name(spec.type)}", value))
+            continue
+        if spec.check is not None and not spec.check(value):
+            problems.append(Problem(file, where, f"expected {spec.expected}", value))
+            continue
+        if getattr(spec, "path", False) and value:
+            value = str((base_dir / value).resolve()) if not Path(value).is_absolute() else value
+        out[key] = value
+    return out
+
+
+def _check_devices(tables: Any, file: str, base_dir: Path,
+                   problems: list[Problem]) -> list[DeviceConfig]:
+    import drivers  # registry only: imports no hardware library
+
+    if not isinstance(tables, list):
+        problems.append(Problem(file, "device", "expected [[device]] tables", tables))
+        return []
+    devices: list[DeviceConfig] = []
+    names: set[str] = set()
+    for i, table in enumerate(tables):
+        where = f"device[{i}]"
+        if not isinstance(table, dict):
+            problems.append(Problem(file, where, "expected a table", table))
+            continue
+        kind, name, backend = table.get("kind"), table.get("name"), table.get("backend")
+        if kind not in drivers.kinds():
+            problems.append(Problem(file, f"{where}.kind",
+                                    f"expected one of {', '.join(drivers.kinds())}", kind))
+            continue
+        if backend not in drivers.backends(kind):
+            problems.append(Problem(file, f"{where}.backend",
+                                    f"expected one of {', '.join(drivers.backends(kind))} for {kind}",
+                                    backend))
+            continue
+        if not isinstance(name, str) or not _topic_safe(name):
+            problems.append(Problem(file, f"{where}.name", "expected 1-64 of [A-Za-z0-9_-]", name))
+            continue
+        if name in names:
+            problems.append(Problem(file, f"{where}.name", "duplicate device name", name))
+            continue
+        names.add(name)
+        cls = drivers.driver_class(kind, backend)
+        rest = {k: v for k, v in table.items() if k not in ("kind", "name", "backend")}
+        options = check_table(rest, cls.options, file, where, base_dir, problems)
+        devices.append(DeviceConfig(kind, name, backend, options))
+    return devices
+
+
+def parse(text: str, file: str) -> Config:
+    """Parse and check a config text; raises ConfigError with every problem found."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([Problem(file, "(syntax)", f"not valid TOML: {e}")]) from None
+    problems: list[Problem] = []
+    base_dir = Path(file).resolve().parent
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        problems.append(Problem(file, "schema_version", f"expected {SCHEMA_VERSION}", version))
+    for key in raw:
+        if key not in SCHEMA and key not in _ARRAYS and key != "schema_version":
+            known = ", ".join(sorted([*SCHEMA, *_ARRAYS]))
+            problems.append(Problem(file, key, f"unknown section (known: {known})"))
+    sections = {name: check_table(raw.get(name, {}), keys, file, name, base_dir, problems)
+                for name, keys in SCHEMA.items()}
+    mq = sections["mqtt"]
+    if (mq.get("tls_cert") or mq.get("tls_key")) and not (mq.get("tls_cert") and mq.get("tls_key")):
+        problems.append(Problem(file, "mqtt.tls_cert", "tls_cert and tls_key go together"))
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        if mq.get(key) and not Path(mq[key]).is_file():
+            problems.append(Problem(file, f"mqtt.{key}", "expected an existing file", mq[key]))
+    devices = _check_devices(raw.get("device", []), file, base_dir, problems)
+    exams = raw.get("exam", [])
+    schedule = None
+    if exams:
+        from agent.schedule import parse_sessions
+
+        try:
+            schedule = parse_sessions(exams, file)
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(file=file, sections=sections, devices=tuple(devices),
+                  exams=tuple(exams), schedule=schedule, raw=raw)
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([Problem(str(p), "(file)", f"cannot read: {e.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(str(p), "(file)", "expected UTF-8 text")]) from None
+    return parse(text, str(p))

@@ -1,0 +1,178 @@
+"""The agent's lifecycle: spool, devices, uplink, control socket, heartbeat.
+
+Start order matters: the spool first (nothing may be emitted before it is
+durable), then the devices, then the uplink, then READY=1. Stop order is the
+reverse, with a retained "offline" status said explicitly so the aggregator
+does not wait for the keep-alive to expire.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from agent import __version__
+from agent.bus import Bus
+from agent.commands import Commands
+from agent.config import Config
+from agent.control import ControlServer
+from agent.devices import Devices
+from agent.events import Event, iso_now
+from agent.hostinfo import host_health
+from agent.metrics import Metrics
+from agent.room import Room
+from agent.sdnotify import notify, watchdog_interval_s
+from agent.spool import Spool
+from agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.bus = Bus()
+        self.spool = Spool(config.spool["path"], config.spool["max_bytes"], config.spool["sync"])
+        self.devices = Devices(config.devices, self.bus, self.metrics, clock)
+        self.room = Room(self)
+        self.commands = Commands(self)
+        self.uplink = Uplink(config.mqtt, config.base_topic,
+                             f"{config.mqtt['topic_prefix']}/{config.site['id']}/broadcast",
+                             self.spool, self.metrics, self._birth, self._will,
+                             self.commands.on_mqtt)
+        self.control = ControlServer(config.control["socket"], self.commands.table)
+        self.started_mono = time.monotonic()
+        self.last_heartbeat: str | None = None
+        self._stop = threading.Event()
+        self._emit_lock = threading.Lock()
+        self._metrics_server: Any = None
+        self._published_state = ""
+
+    # -- events -------------------------------------------------------------
+    def emit(self, kind: str, data: dict[str, Any]) -> Event | None:
+        """Commit an event to the spool, then let the uplink send it. Thread-safe."""
+        with self._emit_lock:
+            ev = self.spool.append(kind, data, self.uplink.session, self.uplink.connected,
+                                   now=self.clock())
+        if ev is None:
+            self.metrics.dropped.labels(kind=kind).inc()
+        else:
+            self.metrics.spooled.labels(kind=kind).inc()
+        self.uplink.notify()
+        return ev
+
+    # -- payloads -----------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        c = self.config
+        return {"site": c.site["id"], "site_name": c.site["name"],
+                "room": c.room["id"], "room_label": c.room["label"]}
+
+    def _birth(self, session: int) -> dict[str, Any]:
+        state, alerts = self.room.state()
+        self._published_state = f"{state}|{alerts}|{session}"  # birth is a status publication
+        return {"state": state, "session": session, "ts": iso_now(self.clock()), **self._identity(),
+                "version": __version__, "alerts": alerts,
+                "devices": {n: {"kind": d["kind"], "state": d["state"]}
+                            for n, d in self.devices.statuses().items()}}
+
+    def _will(self, session: int) -> dict[str, Any]:
+        return {"state": "offline", "session": session, "ts": iso_now(self.clock()), **self._identity()}
+
+    def heartbeat(self) -> dict[str, Any]:
+        depth = self.spool.depth()
+        self.metrics.spool_depth.set(depth["events"])
+        self.metrics.spool_bytes.set(depth["bytes"])
+        state, alerts = self.room.state()
+        return {
+            "ts": iso_now(self.clock()), "session": self.uplink.session, "state": state,
+            "alerts": alerts, "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "spool": {"events": depth["events"], "bytes": depth["bytes"],
+                      "oldest_age_s": depth["oldest_age_s"], "overfull": depth["overfull"],
+                      "dropped": depth["dropped"]},
+            "rtt_ms": self.uplink.rtt_ms,
+            "devices": self.devices.statuses(),
+            "exam": self.room.exam_state(),
+            "host": host_health(str(Path(self.config.spool["path"]).parent)),
+        }
+
+    def status(self) -> dict[str, Any]:
+        state, alerts = self.room.state()
+        return {"agent": {"version": __version__, "pid": os.getpid(), **self._identity()},
+                "broker": {"connected": self.uplink.connected, "session": self.uplink.session,
+                           "host": self.config.mqtt["host"], "port": self.config.mqtt["port"],
+                           "rtt_ms": self.uplink.rtt_ms},
+                "state": state, "alerts": alerts,
+                "spool": self.spool.depth(), "last_heartbeat": self.last_heartbeat,
+                "devices": self.devices.statuses(), "exam": self.room.exam_state()}
+
+    def publish_state_if_changed(self) -> None:
+        """The retained status follows the room between online and alert."""
+        state, alerts = self.room.state()
+        key = f"{state}|{alerts}|{self.uplink.session}"
+        if key != self._published_state and self.uplink.connected:
+            if self.uplink.publish_live("status", self._birth(self.uplink.session), retain=True):
+                self._published_state = key
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        self.spool.open()
+        self.devices.start()
+        self.room.start()
+        self.uplink.start()
+        self.control.start()
+        listen = self.config.metrics["listen"]
+        if listen:
+            self._metrics_server = self.metrics.serve(listen)
+        notify("READY=1")
+        log.info("agent ready: %s", self.config.base_topic)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Main loop: heartbeat, exam ticks, watchdog. Returns when asked to stop."""
+        interval = float(self.config.heartbeat["interval_s"])
+        wd = watchdog_interval_s()
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                hb = self.heartbeat()
+                if self.uplink.publish_live("heartbeat", hb, probe=True):
+                    self.last_heartbeat = hb["ts"]
+                next_beat = now + interval
+            self.room.tick()
+            self.publish_state_if_changed()
+            if wd is not None:
+                notify("WATCHDOG=1")
+            wait = min(next_beat - time.monotonic(), 0.5, wd or 0.5)
+            self._stop.wait(max(wait, 0.01))
+
+    def stop(self) -> None:
+        notify("STOPPING=1")
+        self.control.stop()
+        self.room.stop()
+        self.uplink.stop()
+        self.devices.stop()
+        if self._metrics_server is not None:
+            server, _thread = self._metrics_server
+            server.shutdown()
+        self.spool.close()
+
+
+def run_agent(config: Config) -> int:
+    agent = Agent(config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: agent.request_stop())
+    agent.start()
+    try:
+        agent.run()
+    finally:
+        agent.stop()
+    return 0

@@ -1,0 +1,95 @@
+"""The room's devices: built from ``[[device]]`` tables, started, watched, self-tested.
+
+The agent talks to devices only through the Driver contract, so a missing
+library or absent hardware is a device state, never a crash of the agent.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import drivers
+from agent.bus import Bus
+from agent.config import DeviceConfig
+from agent.metrics import Metrics
+from drivers.base import ABSENT, FAULT, OK, DeviceStatus, Driver, SelftestResult, SelftestStep
+
+log = logging.getLogger(__name__)
+
+
+class Devices:
+    def __init__(self, configs: tuple[DeviceConfig, ...], bus: Bus, metrics: Metrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.configs = configs
+        self.bus = bus
+        self.metrics = metrics
+        self.clock = clock
+        self.drivers: dict[str, Driver] = {}
+
+    def start(self) -> None:
+        for dc in self.configs:
+            cls = drivers.driver_class(dc.kind, dc.backend)
+            drv = cls(dc.name, dict(dc.options), self.bus, self.clock)
+            self.drivers[dc.name] = drv
+            try:
+                drv.start()
+            except Exception:  # a driver bug must not keep the room offline
+                log.exception("device %s (%s/%s) failed to start", dc.name, dc.kind, dc.backend)
+            log.info("device %s (%s/%s): %s", dc.name, dc.kind, dc.backend, self._status(drv).state)
+
+    def stop(self) -> None:
+        for name, drv in reversed(list(self.drivers.items())):
+            try:
+                drv.stop()
+            except Exception:
+                log.exception("device %s failed to stop", name)
+
+    def of_kind(self, kind: str) -> list[Driver]:
+        return [d for d in self.drivers.values() if d.kind == kind]
+
+    def first(self, kind: str) -> Driver | None:
+        found = self.of_kind(kind)
+        return found[0] if found else None
+
+    def get(self, name: str) -> Driver:
+        try:
+            return self.drivers[name]
+        except KeyError:
+            raise LookupError(f"no device named {name!r}; devices: {', '.join(self.drivers) or 'none'}") from None
+
+    def _status(self, drv: Driver) -> DeviceStatus:
+        try:
+            return drv.status()
+        except Exception as e:
+            log.exception("device %s status failed", drv.name)
+            return DeviceStatus(FAULT, f"status failed: {e}")
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, drv in self.drivers.items():
+            st = self._status(drv)
+            self.metrics.device_up.labels(device=name, kind=drv.kind).set(1 if st.state == OK else 0)
+            out[name] = {"kind": drv.kind, "backend": drv.backend, **st.as_dict()}
+        return out
+
+    def needing_attention(self) -> list[str]:
+        """Devices a person must look at (absent or faulty), as 'name: reason' lines."""
+        return [f"{name}: {st['state']}{' (' + st['reason'] + ')' if st.get('reason') else ''}"
+                for name, st in self.statuses().items() if st["state"] in (ABSENT, FAULT)]
+
+    def selftest(self, names: list[str] | None = None) -> list[SelftestResult]:
+        results = []
+        for name, drv in self.drivers.items():
+            if names and name not in names:
+                continue
+            t0 = time.monotonic()
+            try:
+                res = drv.selftest()
+            except Exception as e:
+                log.exception("device %s self-test crashed", name)
+                res = SelftestResult(name, drv.kind, False, (SelftestStep("selftest", False, str(e)),))
+            self.metrics.selftest_seconds.labels(device=name).set(time.monotonic() - t0)
+            self.metrics.selftest_ok.labels(device=name).set(1 if res.ok else 0)
+            results.append(res)
+        return results

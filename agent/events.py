@@ -1,0 +1,49 @@
+"""The event envelope the aggregator receives, and which kinds are evidence.
+
+Evidence is what a cheating case or an incident report may rest on: it is never
+dropped from the spool, whatever the pressure. Telemetry (device state changes,
+levels) may be dropped oldest first when the spool is full, and is counted.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+EVIDENCE_KINDS = frozenset({
+    "note", "checkin", "sweep", "suspect_confirm", "attendance", "session_record",
+    "incident", "alert", "trial_listening", "snapshot", "selftest", "command",
+})
+
+
+def is_evidence(kind: str) -> bool:
+    return kind in EVIDENCE_KINDS
+
+
+def iso_now(ts: float) -> str:
+    """ISO 8601 with the box's UTC offset, to the millisecond."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One spooled event. ``live`` is False when it was made while the broker was unreachable."""
+
+    seq: int
+    id: str
+    ts: str
+    kind: str
+    session: int
+    data: dict[str, Any]
+    live: bool
+    size: int = 0
+
+    def envelope(self, current_session: int) -> dict[str, Any]:
+        replayed = (not self.live) or self.session != current_session
+        return {"id": self.id, "seq": self.seq, "ts": self.ts, "kind": self.kind,
+                "session": self.session, "replayed": replayed, "data": self.data}
+
+    def payload(self, current_session: int) -> bytes:
+        return json.dumps(self.envelope(current_session), ensure_ascii=False,
+                          separators=(",", ":")).encode()

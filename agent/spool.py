@@ -1,0 +1,197 @@
+"""Durable event spool: SQLite in WAL mode, the shape of ThingsBoard's EventStorage
+(put / read a batch / ack) without its flaws.
+
+* ``append`` commits before it returns (``synchronous=FULL`` by default: the
+  event survives a power cut, not only a crash), and assigns ``seq`` from an
+  AUTOINCREMENT key, so numbers are never reused, even after the rows are gone.
+* ``read_batch`` always reads ``ORDER BY seq``: delivery after an outage is in
+  the order events happened.
+* ``ack`` deletes only what the broker acknowledged.
+* The spool is bounded: telemetry is dropped oldest first when it is full;
+  evidence never is — the spool then reports ``overfull`` so the agent raises an
+  alert and a person can act.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+from agent.events import Event, is_evidence, iso_now
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    id       TEXT NOT NULL,
+    ts       TEXT NOT NULL,
+    created  REAL NOT NULL,
+    kind     TEXT NOT NULL,
+    session  INTEGER NOT NULL,
+    live     INTEGER NOT NULL,
+    evidence INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    data     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_droppable ON events (evidence, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SpoolClosed(RuntimeError):
+    pass
+
+
+class Spool:
+    def __init__(self, path: str | Path, max_bytes: int = 64 * 1024 * 1024,
+                 sync: str = "full") -> None:
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.sync = sync
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._count = 0
+        self.dropped: Counter[str] = Counter()
+        self.overfull = False
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+        db.executescript(_SCHEMA)
+        self._bytes, self._count = db.execute(
+            "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events").fetchone()
+        try:
+            os.chmod(self.path, 0o600)  # the spool holds evidence: owner only
+        except OSError:
+            pass
+        self._db = db
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise SpoolClosed("spool is not open")
+        return self._db
+
+    # -- meta ---------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self._lock:
+            row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._conn().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def next_session(self) -> int:
+        """Connection sessions are numbered for the aggregator to tell a late Will from now."""
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT value FROM meta WHERE key='session'").fetchone()
+            n = int(row[0]) + 1 if row else 1
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('session', ?)", (str(n),))
+            db.execute("COMMIT")
+        return n
+
+    def last_session(self) -> int:
+        return int(self.get_meta("session", "0") or 0)
+
+    # -- events -------------------------------------------------------------
+    def append(self, kind: str, data: dict[str, Any], session: int, live: bool,
+               now: float | None = None) -> Event | None:
+        """Commit one event. Returns None only for telemetry refused because the spool is full."""
+        created = time.time() if now is None else now
+        body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        evidence = is_evidence(kind)
+        size = len(body) + len(kind) + 120  # envelope overhead, roughly
+        eid = str(uuid.uuid4())
+        ts = iso_now(created)
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._bytes + size > self.max_bytes:
+                    self._drop_telemetry(db, self._bytes + size - self.max_bytes)
+                if self._bytes + size > self.max_bytes:
+                    if not evidence:
+                        db.execute("COMMIT")
+                        self.dropped[kind] += 1
+                        return None
+                    self.overfull = True
+                cur = db.execute(
+                    "INSERT INTO events (id, ts, created, kind, session, live, evidence, size, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (eid, ts, created, kind, session, int(live), int(evidence), size, body))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._bytes += size
+            self._count += 1
+        return Event(cur.lastrowid, eid, ts, kind, session, data, live, size)
+
+    def _drop_telemetry(self, db: sqlite3.Connection, need: int) -> None:
+        rows = db.execute("SELECT seq, kind, size FROM events WHERE evidence=0 ORDER BY seq").fetchall()
+        freed, gone = 0, []
+        for seq, kind, size in rows:
+            if freed >= need:
+                break
+            freed += size
+            gone.append(seq)
+            self.dropped[kind] += 1
+        db.executemany("DELETE FROM events WHERE seq=?", ((s,) for s in gone))
+        self._bytes -= freed
+        self._count -= len(gone)
+
+    def read_batch(self, after_seq: int = 0, limit: int = 100) -> list[Event]:
+        with self._lock:
+            rows = self._conn().execute(
+                "SELECT seq, id, ts, kind, session, data, live, size FROM events"
+                " WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+        return [Event(s, i, t, k, se, json.loads(d), bool(lv), sz)
+                for s, i, t, k, se, d, lv, sz in rows]
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        seqs = list(seqs)
+        if not seqs:
+            return 0
+        with self._lock:
+            db = self._conn()
+            db.execute("BEGIN IMMEDIATE")
+            freed, n = 0, 0
+            for i in range(0, len(seqs), 500):
+                chunk = seqs[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                got = db.execute(f"SELECT COALESCE(SUM(size),0), COUNT(*) FROM events "
+                                 f"WHERE seq IN ({marks})", chunk).fetchone()
+                db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk)
+                freed += got[0]
+                n += got[1]
+            db.execute("COMMIT")
+            self._bytes -= freed
+            self._count -= n
+            if self._bytes <= self.max_bytes:
+                self.overfull = False
+        return n
+
+    def depth(self) -> dict[str, Any]:
+        with self._lock:
+            oldest = self._conn().execute(
+                "SELECT created FROM events ORDER BY seq LIMIT 1").fetchone()
+            count, size = self._count, self._bytes
+        return {"events": count, "bytes": size,
+                "oldest_age_s": round(time.time() - oldest[0], 3) if oldest else 0.0,
+                "overfull": self.overfull, "dropped": dict(self.dropped)}

@@ -1,0 +1,104 @@
+"""``examroom-agent watch``: a live, readable view of what the site aggregator receives.
+
+It subscribes to every room of every site under the prefix, as the
+aggregator would, and prints one line per message. It is a viewer, not the
+aggregator: it keeps no state beyond the last seq per room, which it uses to
+show gaps and duplicates the way an aggregator must detect them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+_SKIP_DATA = {"results"}
+
+
+def _short(data: dict[str, Any], limit: int = 110) -> str:
+    parts = []
+    for k, v in data.items():
+        if k in _SKIP_DATA:
+            continue
+        if isinstance(v, (dict, list)):
+            v = json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+        parts.append(f"{k}={v}")
+    text = " ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe(topic: str, payload: dict[str, Any], last_seq: dict[str, int]) -> str:
+    parts = topic.split("/")
+    room = "/".join(parts[1:3]) if len(parts) >= 3 else topic
+    what = "/".join(parts[3:])
+    if what == "status":
+        alerts = "; ".join(payload.get("alerts") or [])
+        return f"{room:<18} STATUS    {payload.get('state', '?').upper():<7} session {payload.get('session')}" + \
+            (f"  ⚠ {alerts}" if alerts else "")
+    if what == "heartbeat":
+        sp = payload.get("spool", {})
+        devs = " ".join(f"{n}:{d.get('state')}" for n, d in (payload.get("devices") or {}).items())
+        exam = payload.get("exam") or {}
+        phase = f" phase={exam['phase']}" if exam.get("phase") else ""
+        return (f"{room:<18} heartbeat {payload.get('state', '?'):<7} spool={sp.get('events')} "
+                f"rtt={payload.get('rtt_ms')}ms{phase} {devs}")
+    if what.startswith("event/"):
+        seq = payload.get("seq", 0)
+        prev = last_seq.get(room)
+        mark = ""
+        if prev is not None and seq <= prev:
+            mark = " (duplicate)"
+        elif prev is not None and seq > prev + 1:
+            mark = f" (gap: {seq - prev - 1} missing)"
+        last_seq[room] = max(seq, prev or 0)
+        replay = " REPLAYED" if payload.get("replayed") else ""
+        return f"{room:<18} #{seq:<6} {payload.get('kind', what[6:]):<15}{replay}{mark} {_short(payload.get('data', {}))}"
+    return f"{room:<18} {what:<9} {_short(payload)}"
+
+
+def watch(host: str, port: int, prefix: str, raw: bool = False, duration: float | None = None) -> int:
+    last_seq: dict[str, int] = {}
+    done = threading.Event()
+
+    def on_connect(client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            print(f"broker refused: {reason}", file=sys.stderr)
+            done.set()
+            return
+        client.subscribe(f"{prefix}/#", qos=1)
+        print(f"watching {prefix}/# on {host}:{port} (Ctrl-C to stop)", flush=True)
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        if raw:
+            print(f"{stamp} {msg.topic} {msg.payload.decode(errors='replace')}", flush=True)
+            return
+        try:
+            payload = json.loads(msg.payload) if msg.payload else {}
+            line = describe(msg.topic, payload, last_seq) if isinstance(payload, dict) else msg.topic
+        except ValueError:
+            line = f"{msg.topic} (not JSON: {len(msg.payload)} bytes)"
+        print(f"{stamp} {line}", flush=True)
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_connect = on_connect
+    client.on_message = on_message
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as e:
+        print(f"error: cannot reach the broker at {host}:{port}: {e}", file=sys.stderr)
+        return 1
+    client.loop_start()
+    try:
+        done.wait(duration) if duration else done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return 0
