@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.agentproc import AgentProcess, write_config
+from tests.broker import Broker
+from tests.mqttwatch import Watcher
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.kill()
+
+
+@pytest.fixture
+def watcher(broker: Broker):
+    with Watcher(broker.port) as w:
+        yield w
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, broker: Broker):
+    started: list[AgentProcess] = []
+
+    def make(room: str = "room101", extra: str = "", **kw) -> AgentProcess:
+        cfg = write_config(tmp_path, broker.port, room=room, extra=extra, **kw)
+        a = AgentProcess(cfg, tmp_path / f"{room}.sock")
+        started.append(a)
+        return a
+
+    yield make
+    for a in started:
+        a.kill()
