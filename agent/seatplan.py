@@ -235,15 +235,25 @@ def _candidate(where: str, row: dict[str, Any], file: str, room_id: str,
                      photo=str(photo).strip(), **flags)
 
 
-def _duplicates(rows: Iterable[tuple[str, Candidate]], file: str, problems: list[Problem]) -> None:
+def _dup_keys(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """Uniqueness is checked on every row, even one with other mistakes, so one run shows all."""
+    keys = []
+    for col in ("seat", "ticket", "id_number"):
+        v = row.get(col)
+        if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip():
+            v = str(v).strip()
+            keys.append((col, norm_seat(v) if col == "seat" else v.upper() if col == "id_number" else v))
+    keys += [("card_uids", u) for u in (_uids(row.get("card_uids")) or [])]
+    return keys
+
+
+def _duplicates(rows: Iterable[tuple[str, dict[str, Any]]], file: str, problems: list[Problem]) -> None:
     seen: dict[tuple[str, str], str] = {}
-    for where, c in rows:
-        keys = [("seat", c.seat), ("ticket", c.ticket), ("id_number", c.id_number)]
-        keys += [("card_uids", u) for u in c.card_uids]
-        for col, value in keys:
+    for where, row in rows:
+        for col, value in _dup_keys(row):
             first = seen.setdefault((col, value), where)
             if first != where:
-                shown = c.id_masked if col == "id_number" else value
+                shown = mask_id(value) if col == "id_number" else value
                 problems.append(Problem(file, f"{where}.{col}",
                                         f"duplicate {col}, already given in {first}; "
                                         "expected each to be unique in the room", shown))
@@ -276,7 +286,7 @@ def load_seatplan(path: str | Path, room_id: str) -> SeatPlan:
                                 file_room))
     good = [(where, c) for where, row in rows
             if (c := _candidate(where, row, file, room_id, problems)) is not None]
-    _duplicates(good, file, problems)
+    _duplicates(rows, file, problems)
     if not rows and not problems:
         problems.append(Problem(file, "(file)", "expected at least one candidate"))
     if problems:
