@@ -112,7 +112,7 @@ class Commands:
             reply = {"ok": False, "error": "payload is not JSON"}
         except RequestError as e:
             reply = {"ok": False, "error": str(e)}
-        reply = {"id": request_id, "command": name, **reply}
+        reply = {**reply, "request_id": request_id, "command": name}
         self.agent.emit("command", {"command": name, "topic": topic, "request_id": request_id,
                                     "ok": reply["ok"], "error": reply.get("error")})
         self.agent.uplink.publish_reply(response_topic, reply, correlation)

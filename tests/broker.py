@@ -17,10 +17,12 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "",
+                 persistence: bool = False) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
+        self.persistence = persistence
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Broker":
@@ -30,7 +32,8 @@ class Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence {'true' if self.persistence else 'false'}\npersistence_location {self.workdir}/\n"
             f"{'user root' if os.geteuid() == 0 else ''}\n{self.extra_conf}\n")
         log = open(self.workdir / "mosquitto.log", "ab")
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
@@ -51,4 +54,9 @@ class Broker:
             self.proc.wait()
         self.proc = None
 
-    stop = kill
+    def stop(self) -> None:
+        """Graceful stop: a persistent broker saves its sessions, so watchers keep theirs."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None

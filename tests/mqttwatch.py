@@ -24,19 +24,31 @@ class Message:
 
 
 class Watcher:
-    def __init__(self, port: int, topic: str = "#") -> None:
+    def __init__(self, port: int, topic: str = "#", persistent: bool = False) -> None:
+        """``persistent``: a durable session (as a real aggregator has), so messages published
+        while the watcher reconnects after a broker restart are queued for it, not lost."""
         self.port = port
         self.topic = topic
+        self.persistent = persistent
         self.messages: list[Message] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id=f"watcher-{id(self)}" if persistent else "")
+        self.client.reconnect_delay_set(0.05, 0.2)
         self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
 
     def __enter__(self) -> "Watcher":
-        self.client.connect("127.0.0.1", self.port)
+        props = None
+        if self.persistent:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", self.port, clean_start=not self.persistent, properties=props)
         self.client.loop_start()
         assert self._subscribed.wait(5), "watcher could not subscribe"
         return self
