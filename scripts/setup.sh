@@ -12,6 +12,7 @@ DEBS=(
   pcscd vsmartcard-vpcd libpcsclite-dev # PC/SC stack + virtual reader; headers for pyscard
   libasound2-dev alsa-utils            # ALSA capture (pyalsaaudio builds against it)
   sox espeak-ng                        # test signals for the audio monitor
+  chrony                               # time sync the clock driver reads (replaces systemd-timesyncd)
 )
 
 missing=()

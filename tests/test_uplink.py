@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from tests.agentproc import AgentProcess, write_config
-from tests.broker import Broker
+from agent.localbroker import Broker
 from tests.mqttwatch import Watcher
 
 

@@ -1,4 +1,8 @@
-"""A real Mosquitto for tests, on a free port, that a test can kill and bring back."""
+"""A private Mosquitto on a free port: for the demo, the tests and the benchmarks.
+
+Not used by the agent in production (the site runs its own broker); it lives in
+the package so the demo, the benchmarks and the tests start brokers one way.
+"""
 from __future__ import annotations
 
 import os
@@ -28,7 +32,7 @@ class Broker:
     def start(self) -> "Broker":
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
-            raise RuntimeError("mosquitto is not installed: run scripts/setup.sh")
+            raise RuntimeError("mosquitto is not installed: run scripts/setup.sh (Debian package mosquitto)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
         conf.write_text(
