@@ -1,0 +1,431 @@
+import csv
+import hashlib
+import json
+import re
+from datetime import datetime
+
+import pytest
+
+from agent.checkin import AmbiguousCandidate, CheckinError, CheckinStation, SameProctor, UnknownSeat
+from agent.schedule import parse_sessions
+from agent.seatplan import load_seatplan
+from drivers.events import CardPresented, Identity, MetalAlarm, SweepButton
+from drivers.gb11643 import check_digit, mask_id
+
+
+def make_id(first17: str) -> str:
+    return first17 + check_digit(first17)
+
+
+ID = {1: make_id("41010520080101123"), 2: make_id("41010520080202234"), 3: make_id("41010520080303345"),
+      4: make_id("41010520080404456")}
+# seat 5 shares the last six characters of seat 4's number
+ID[5] = next(i for r in range(110000, 999999) if str(r) != ID[4][:6]
+             and (i := make_id(f"{r}20080404456"))[-6:] == ID[4][-6:])
+OUTSIDER = make_id("11010120070707777")
+NAMES = {1: "张三", 2: "李四", 3: "王五", 4: "赵六", 5: "钱七"}
+UID1 = "04A1B2C3"
+FULL_ID = re.compile(r"(?<![0-9A-Fa-f])\d{17}[\dX](?![0-9A-Fa-f])")  # not inside a hex digest
+
+TZ = "+08:00"
+
+
+def ts(s: str) -> float:
+    return datetime.fromisoformat(s + TZ).timestamp()
+
+
+MATH_START, MATH_CUTOFF, MATH_END = ts("2026-06-07T09:00:00"), ts("2026-06-07T09:15:00"), ts("2026-06-07T11:00:00")
+ENG_START = ts("2026-06-08T15:00:00")
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def plan(tmp_path):
+    p = tmp_path / "seats.csv"
+    rows = ["seat,ticket,name,id_number,card_uids,photo,medical_metal"]
+    for seat in range(1, 6):
+        rows.append(f"{seat},2026{seat:04d},{NAMES[seat]},{ID[seat]},{UID1 if seat == 1 else ''},"
+                    f"{seat}.jpg,{'true' if seat == 2 else 'false'}")
+    p.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return load_seatplan(p, "12")
+
+
+@pytest.fixture
+def schedule():
+    return parse_sessions([
+        {"id": "math-am", "subject": "Maths", "start": "2026-06-07T09:00:00+08:00",
+         "end": "2026-06-07T11:00:00+08:00"},
+        {"id": "eng-pm", "subject": "English", "start": "2026-06-08T15:00:00+08:00",
+         "end": "2026-06-08T17:00:00+08:00", "late_cutoff_min": -15,
+         "listening": [{"start": "2026-06-08T15:00:00+08:00", "end": "2026-06-08T15:20:00+08:00"}]},
+    ], "agent.toml")
+
+
+@pytest.fixture
+def emitted():
+    """Every payload of every test is scanned: no full ID number, no candidate name, ever."""
+    out: list[tuple[str, dict]] = []
+    yield out
+    for kind, data in out:
+        text = json.dumps(data, ensure_ascii=False)
+        assert not FULL_ID.search(text), (kind, text)
+        for name in NAMES.values():
+            assert name not in text, (kind, text)
+
+
+@pytest.fixture
+def clock():
+    return Clock(ts("2026-06-07T08:40:00"))
+
+
+@pytest.fixture
+def make(plan, schedule, emitted, clock, tmp_path):
+    snaps = []
+
+    def snapshot(tag):
+        snaps.append(tag)
+        return {"file": f"{tag}.jpg", "ts": clock(), "sha256": hashlib.sha256(tag.encode()).hexdigest()}
+
+    def build(journal=True, with_snapshot=True):
+        st = CheckinStation(plan, schedule, lambda k, d: emitted.append((k, d)), clock, tmp_path / "records",
+                            snapshot=snapshot if with_snapshot else None,
+                            journal_path=tmp_path / "checkin.journal" if journal else None)
+        st.start()
+        return st
+
+    build.snaps = snaps
+    return build
+
+
+def card(seat=None, id_number=None, valid_to="20300101", id_valid=True):
+    n = id_number or ID[seat]
+    ident = Identity(name=NAMES.get(seat, "某人"), sex="男", nation="汉", birth=n[6:14], address="某地",
+                     id_number=n, issuer="某公安局", valid_from="20200101", valid_to=valid_to,
+                     id_valid=id_valid)
+    return CardPresented("idreader", identity=ident)
+
+
+def kinds(emitted, kind):
+    return [d for k, d in emitted if k == kind]
+
+
+def test_admitted_by_card_and_by_uid(make, emitted, plan):
+    st = make()
+    d = st.on_card(card(3))
+    assert d["verdict"] == "admitted" and d["seat"] == "3" and d["method"] == "card"
+    assert d["session"] == "math-am" and d["id_masked"] == mask_id(ID[3]) and d["ticket"] == "20260003"
+    assert d["device"] == "idreader" and d["time"] == ts("2026-06-07T08:40:00")
+    assert d["seatplan_sha256"] == plan.sha256 and d["reentry"] is False
+    assert d["snapshot"]["file"] == "admitted-math-am-3.jpg"
+    u = st.on_card(CardPresented("pcsc0", uid=UID1))
+    assert (u["verdict"], u["seat"], u["method"], u["uid"]) == ("admitted", "1", "uid", UID1)
+    assert emitted == [("checkin", d), ("checkin", u)]
+
+
+def test_refusal_verdicts(make, emitted):
+    st = make(with_snapshot=False)
+    assert st.on_card(card(1, id_number=OUTSIDER))["verdict"] == "not_in_room"
+    assert st.on_card(CardPresented("pcsc0", uid="DEADBEEF"))["verdict"] == "unknown_card"
+    assert st.on_card(CardPresented("pcsc0"))["verdict"] == "unknown_card"
+    bad = ID[1][:17] + ("1" if ID[1][17] != "1" else "2")
+    r = st.on_card(card(1, id_number=bad))
+    assert r["verdict"] == "invalid_id" and r["id_masked"] == mask_id(bad) and r["seat"] is None
+    assert st.on_card(card(1, id_valid=False))["verdict"] == "invalid_id"
+    assert st.on_card(card(1, valid_to="2026/12/31"))["verdict"] == "invalid_id"
+    e = st.on_card(card(1, valid_to="20260606"))
+    assert e["verdict"] == "expired_card" and e["seat"] == "1"
+    assert st.on_card(card(1, valid_to="20260607"))["verdict"] == "admitted"  # valid through the day
+    assert st.on_card(card(2, valid_to="长期"))["verdict"] == "admitted"
+    d = st.on_card(card(1))
+    assert d["verdict"] == "duplicate" and d["status"] == "admitted"
+    assert len(kinds(emitted, "checkin")) == 10
+    assert st.state()["admitted"] == 2
+
+
+def test_outside_window(make, clock, plan, emitted, tmp_path):
+    st = make()
+    clock.t = ts("2026-06-07T08:29:59")
+    assert st.on_card(card(1))["verdict"] == "outside_window"
+    clock.t = ts("2026-06-08T17:00:00")
+    d = st.on_card(card(1))
+    assert d["verdict"] == "outside_window" and d["phase"] == "ended"
+    empty = CheckinStation(plan, parse_sessions([], "x"), lambda k, d: emitted.append((k, d)), clock, tmp_path)
+    empty.start()
+    d = empty.on_card(card(1))
+    assert d["verdict"] == "outside_window" and d["session"] is None
+    assert empty.manual_admit(seat=1, proctor="P1")["verdict"] == "outside_window"
+    with pytest.raises(CheckinError):
+        empty.mark_suspect(1, "P1", "photo")
+
+
+def test_late_refused_after_cutoff_and_in_attendance(make, clock, emitted):
+    st = make()
+    clock.t = MATH_CUTOFF - 1
+    assert st.on_card(card(1))["verdict"] == "admitted"  # in progress, still allowed
+    clock.t = MATH_CUTOFF
+    d = st.on_card(card(2))
+    assert d["verdict"] == "late_refused" and d["cutoff"] == MATH_CUTOFF
+    assert st.manual_admit(seat=3, proctor="P1")["verdict"] == "late_refused"
+    st.tick(MATH_CUTOFF)
+    (att,) = kinds(emitted, "attendance")
+    assert att["late_refused"] == ["2", "3"] and att["absent"] == ["2", "3", "4", "5"]
+
+
+def test_negative_cutoff_for_listening_session(make, clock, emitted):
+    st = make()
+    clock.t = ENG_START - 16 * 60
+    assert st.on_card(card(1))["verdict"] == "admitted"
+    clock.t = ENG_START - 15 * 60
+    assert st.on_card(card(2))["verdict"] == "late_refused"
+    assert st.state()["phase"] == "cutoff_passed" and st.state()["session"] == "eng-pm"
+    st.tick(ENG_START - 15 * 60)
+    att = [a for a in kinds(emitted, "attendance") if a["session"] == "eng-pm"]
+    assert len(att) == 1 and att[0]["present"] == 1
+
+
+def test_sweep_clear_recheck_and_medical(make, clock, emitted):
+    st = make()
+    st.on_card(card(1))
+    clock.t += 12
+    s = st.on_sweep_button(SweepButton("det", button="clear"))
+    assert (s["seat"], s["alarms"], s["rechecks"], s["result"], s["duration_s"]) == ("1", 0, 0, "clear", 12)
+    st.on_card(card(3))
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.on_metal_alarm(MetalAlarm("det", active=True))  # no falling edge: still one alarm
+    st.on_metal_alarm(MetalAlarm("det", active=False))
+    st.on_sweep_button(SweepButton("det", button="recheck"))
+    clock.t += 30
+    s = st.on_sweep_button(SweepButton("det", button="clear"))
+    assert (s["alarms"], s["rechecks"], s["result"], s["medical_metal_exempt"]) == \
+        (1, 1, "alarm_cleared_after_recheck", False)
+    assert s["started"] == clock.t - 30 and s["cleared"] == clock.t
+    st.on_card(card(2))  # registered implant
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    s = st.on_sweep_button(SweepButton("det", button="clear"))
+    assert (s["result"], s["medical_metal_exempt"]) == ("alarm_expected_medical", True)
+    st.on_metal_alarm(MetalAlarm("det", active=False))
+    st.on_card(card(4))
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    assert st.on_sweep_button(SweepButton("det", button="clear"))["result"] == "alarm_cleared_without_recheck"
+    assert st.state()["pending_sweep"] == []
+
+
+def test_sweeps_are_fifo(make, emitted):
+    st = make()
+    st.on_card(card(1))
+    st.on_card(card(3))
+    assert st.state()["pending_sweep"] == ["1", "3"]
+    assert st.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    s = st.on_sweep_button(SweepButton("det", button="clear"))
+    assert (s["seat"], s["alarms"]) == ("3", 1)
+
+
+def test_unassociated_sweeps_are_published(make, emitted, clock):
+    st = make()
+    a = st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.on_metal_alarm(MetalAlarm("det", active=False))
+    r = st.on_sweep_button(SweepButton("det", button="recheck"))
+    c = st.on_sweep_button(SweepButton("det", button="clear"))
+    assert [(x["unassociated"], x["trigger"], x["seat"]) for x in (a, r, c)] == \
+        [(True, "alarm", None), (True, "recheck", None), (True, "clear", None)]
+    assert kinds(emitted, "sweep") == [a, r, c]
+    with pytest.raises(CheckinError):
+        st.on_sweep_button(SweepButton("det", button="reset"))
+
+
+def test_manual_admission_by_seat_last6_and_ticket(make, emitted):
+    st = make()
+    d = st.manual_admit(seat="01", proctor="P1")
+    assert (d["verdict"], d["seat"], d["method"], d["proctor"], d["lookup"]) == \
+        ("admitted", "1", "manual", "P1", "seat")
+    assert st.manual_admit(id_last6=ID[3][-6:], proctor="P1")["seat"] == "3"
+    assert st.manual_admit(ticket_tail="0002", proctor="P2")["seat"] == "2"
+    before = list(emitted)
+    with pytest.raises(AmbiguousCandidate) as e:
+        st.manual_admit(id_last6=ID[4][-6:], proctor="P1")
+    assert e.value.seats == ["4", "5"] and "4, 5" in str(e.value)
+    with pytest.raises(UnknownSeat):
+        st.manual_admit(seat=99, proctor="P1")
+    with pytest.raises(UnknownSeat):
+        st.manual_admit(id_last6="999999", proctor="P1")
+    with pytest.raises(CheckinError):
+        st.manual_admit(seat=4, proctor=" ")
+    with pytest.raises(CheckinError):
+        st.manual_admit(seat=4, id_last6=ID[4][-6:], proctor="P1")
+    with pytest.raises(CheckinError):
+        st.manual_admit(id_last6="12", proctor="P1")
+    assert emitted == before and st.state()["admitted"] == 3
+
+
+def test_suspect_needs_two_different_proctors(make, emitted):
+    st = make()
+    d = st.mark_suspect(4, "P1", f"photo does not match {ID[4]} {NAMES[4]}")
+    assert d["verdict"] == "suspect" and d["snapshot"]["file"] == "suspect-math-am-4.jpg"
+    assert mask_id(ID[4]) in d["reason"] and "***" in d["reason"]
+    assert st.on_card(card(4))["verdict"] == "duplicate"
+    with pytest.raises(CheckinError):
+        st.mark_suspect(4, "P1", "again")
+    c1 = st.confirm(4, "P1")
+    assert (c1["confirmations"], c1["required"], c1["passed"]) == (1, 2, False)
+    with pytest.raises(SameProctor):
+        st.confirm(4, "P1")
+    assert st.state()["suspect"] == 1 and st.state()["pending_sweep"] == []
+    a = st.confirm(4, "P2")
+    assert a["verdict"] == "admitted" and a["proctors"] == ["P1", "P2"] and a["method"] == "manual"
+    assert [x["passed"] for x in kinds(emitted, "suspect_confirm")] == [False, True]
+    assert st.state()["pending_sweep"] == ["4"]
+    with pytest.raises(CheckinError):
+        st.confirm(4, "P3")
+
+
+def test_suspect_already_swept_is_not_swept_again(make):
+    st = make()
+    st.on_card(card(1))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.mark_suspect(1, "P1", "looks different from the photo")
+    st.confirm(1, "P1")
+    assert st.confirm(1, "P2")["sweep_required"] is False
+    assert st.state()["pending_sweep"] == []
+
+
+def test_reentry_needs_a_new_sweep_even_after_cutoff(make, clock, emitted):
+    st = make()
+    st.on_card(card(1))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    clock.t = MATH_CUTOFF + 600
+    assert st.leave(1)["verdict"] == "left"
+    assert st.state()["out"] == 1
+    with pytest.raises(CheckinError):
+        st.leave(1)
+    d = st.on_card(CardPresented("pcsc0", uid=UID1))
+    assert d["verdict"] == "admitted" and d["reentry"] is True
+    assert st.state()["pending_sweep"] == ["1"]
+    st.leave(1)  # left again before being swept
+    s = kinds(emitted, "sweep")[-1]
+    assert (s["seat"], s["result"]) == ("1", "left_before_clear")
+    assert st.manual_admit(seat=1, proctor="P1")["reentry"] is True
+    assert st.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"
+
+
+def test_attendance_exactly_once_at_cutoff(make, clock, emitted):
+    clock.t = ts("2026-06-07T08:20:00")  # running since before entry opened: attendance is complete
+    st = make()
+    clock.t = ts("2026-06-07T08:40:00")
+    st.on_card(card(1))
+    st.manual_admit(seat=2, proctor="P1")
+    st.mark_suspect(3, "P1", "no photo match")
+    st.tick(MATH_CUTOFF - 0.001)
+    assert kinds(emitted, "attendance") == []
+    st.tick(MATH_CUTOFF)
+    st.tick(MATH_CUTOFF + 1)
+    (att,) = kinds(emitted, "attendance")
+    assert att == {**att, "session": "math-am", "room": "12", "total": 5, "present": 3,
+                   "absent": ["4", "5"], "late_refused": [], "manual_admissions": 1,
+                   "suspects": ["3"], "pending_sweep": ["1", "2"], "complete": True}
+
+
+def test_session_record_files(make, clock, emitted, tmp_path):
+    st = make()
+    st.on_card(card(1))
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.on_sweep_button(SweepButton("det", button="recheck"))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.on_card(card(2))  # never cleared
+    clock.t = MATH_START + 60
+    assert st.add_incident({"type": "audio_loss", "time": MATH_START + 30, "duration_s": 4.5}) == "math-am"
+    with pytest.raises(CheckinError):
+        st.add_incident({"bad": object()})
+    st.tick(MATH_END)
+    st.tick(MATH_END + 5)
+    (rec,) = kinds(emitted, "session_record")
+    assert rec["present"] == 2 and rec["absent"] == ["3", "4", "5"] and rec["incidents"] == 1
+    assert rec["sweeps"]["not_cleared"] == 1 and rec["sweeps"]["with_alarm"] == 1
+    assert kinds(emitted, "sweep")[-1]["result"] == "not_cleared"
+    assert [f["file"] for f in rec["files"]] == ["math-am-12.json", "math-am-12.csv"]
+    doc = json.loads((tmp_path / "records" / "math-am-12.json").read_text(encoding="utf-8"))
+    cands = {c["seat"]: c for c in doc["candidates"]}
+    assert cands["1"]["name"] == NAMES[1] and cands["1"]["id_masked"] == mask_id(ID[1])
+    assert cands["1"]["sweep_results"] == ["alarm_cleared_after_recheck"] and cands["4"]["status"] == "absent"
+    assert doc["incidents"][0]["type"] == "audio_loss" and doc["session"]["cutoff"] == "2026-06-07T09:15:00+08:00"
+    with open(tmp_path / "records" / "math-am-12.csv", encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_seat = {r["seat"]: r for r in rows if r["record"] == "candidate"}
+    assert by_seat["1"]["admitted_at"] == "2026-06-07T08:40:00+08:00" and by_seat["1"]["alarms"] == "1"
+    assert by_seat["2"]["medical_metal"] == "yes" and by_seat["2"]["sweep_results"] == "not_cleared"
+    assert by_seat["5"]["status"] == "absent" and by_seat["5"]["name"] == NAMES[5]
+    assert [r["record"] for r in rows].count("incident") == 1
+    for path in (tmp_path / "records").iterdir():
+        assert not FULL_ID.search(path.read_text(encoding="utf-8-sig"))
+    assert st.add_incident({"type": "late"}) is None  # record closed: the morning record is final
+
+
+def test_journal_replay_after_restart(make, clock, emitted, tmp_path):
+    st = make()
+    st.on_card(card(1))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.on_card(card(3))
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.mark_suspect(4, "P1", "photo")
+    st.confirm(4, "P1")
+    clock.t = MATH_CUTOFF
+    st.tick(clock.t)
+    with open(tmp_path / "checkin.journal", "a") as f:
+        f.write('{"session": "math-am", "kind": "che')  # power lost mid-write
+    n_att = len(kinds(emitted, "attendance"))
+
+    again = make()  # the daemon restarts
+    assert again.journal_skipped == 1
+    s = again.state()
+    assert (s["admitted"], s["suspect"], s["pending_sweep"], s["attendance_sent"]) == (1 + 1, 1, ["3"], True)
+    again.tick(clock.t + 10)
+    assert len(kinds(emitted, "attendance")) == n_att
+    assert again.on_card(card(1))["verdict"] == "duplicate"
+    with pytest.raises(SameProctor):
+        again.confirm(4, "P1")
+    assert again.confirm(4, "P2")["verdict"] == "admitted"
+    sw = again.on_sweep_button(SweepButton("det", button="clear"))
+    assert (sw["seat"], sw["alarms"]) == ("3", 1)
+
+
+def test_no_attendance_for_a_session_never_observed(make, clock, emitted):
+    clock.t = MATH_END + 3600
+    st = make(journal=False)
+    st.tick(clock.t)
+    assert emitted == []
+
+
+def test_restart_without_journal_marks_attendance_incomplete(make, clock, emitted):
+    clock.t = MATH_START
+    st = make(journal=False)
+    st.tick(MATH_CUTOFF)
+    (att,) = kinds(emitted, "attendance")
+    assert att["complete"] is False
+
+
+def test_camera_fault_does_not_block_the_door(plan, schedule, emitted, clock, tmp_path):
+    def broken(tag):
+        raise OSError("camera gone")
+
+    st = CheckinStation(plan, schedule, lambda k, d: emitted.append((k, d)), clock, tmp_path, snapshot=broken)
+    with pytest.raises(RuntimeError):
+        st.on_card(card(1))
+    st.start()
+    d = st.on_card(card(1))
+    assert d["verdict"] == "admitted" and d["snapshot"] == {"error": "camera gone"}
+
+
+def test_state_for_status_command(make, clock):
+    st = make()
+    st.on_card(card(1))
+    clock.t = ENG_START + 60
+    s = st.state()
+    assert (s["session"], s["phase"], s["listening"], s["admitted"], s["absent"]) == \
+        ("eng-pm", "cutoff_passed", True, 0, 5)
