@@ -3,6 +3,7 @@ import hashlib
 import json
 import re
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -68,12 +69,35 @@ def schedule():
     ], "agent.toml")
 
 
+def doc_schemas() -> dict[str, dict]:
+    """The JSON Schemas published in docs/events-checkin.md, by event kind."""
+    text = (Path(__file__).parent.parent / "docs" / "events-checkin.md").read_text(encoding="utf-8")
+    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S) if '"$schema"' in b]
+    return {b["$id"].split("/")[-1].removesuffix(".json"): b for b in blocks}
+
+
+def test_doc_schemas_are_valid():
+    jsonschema = pytest.importorskip("jsonschema")
+    schemas = doc_schemas()
+    assert set(schemas) == {"checkin", "sweep", "suspect_confirm", "attendance", "session_record"}
+    for s in schemas.values():
+        jsonschema.Draft202012Validator.check_schema(s)
+
+
 @pytest.fixture
 def emitted():
-    """Every payload of every test is scanned: no full ID number, no candidate name, ever."""
+    """Every payload of every test is scanned: no full ID number, no candidate name, ever;
+    and each must match the schema of its kind in the docs."""
+    try:
+        import jsonschema
+    except ImportError:
+        jsonschema = None
+    schemas = doc_schemas()
     out: list[tuple[str, dict]] = []
     yield out
     for kind, data in out:
+        if jsonschema is not None:
+            jsonschema.validate(data, schemas[kind], cls=jsonschema.Draft202012Validator)
         text = json.dumps(data, ensure_ascii=False)
         assert not FULL_ID.search(text), (kind, text)
         for name in NAMES.values():
