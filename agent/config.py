@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from agent.errors import ConfigError, Problem
 
-TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
 RESERVED_ROOM_IDS = {"broadcast"}
 SCHEMA_VERSION = 1
 
@@ -47,7 +47,8 @@ def _listen(v: str) -> bool:
     if v == "":
         return True
     host, sep, port = v.rpartition(":")
-    return bool(sep) and port.isdigit() and 0 <= int(port) < 65536
+    # isascii: "²".isdigit() is True but int("²") raises
+    return bool(sep) and port.isascii() and port.isdigit() and 0 <= int(port) < 65536
 
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -233,7 +234,7 @@ def parse(text: str, file: str) -> Config:
     problems: list[Problem] = []
     base_dir = Path(file).resolve().parent
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # TOML true == 1 in Python
         problems.append(Problem(file, "schema_version", f"expected {SCHEMA_VERSION}", version))
     for key in raw:
         if key not in SCHEMA and key not in _ARRAYS and key != "schema_version":
@@ -242,8 +243,9 @@ def parse(text: str, file: str) -> Config:
     sections = {name: check_table(raw.get(name, {}), keys, file, name, base_dir, problems)
                 for name, keys in SCHEMA.items()}
     mq = sections["mqtt"]
-    if (mq.get("tls_cert") or mq.get("tls_key")) and not (mq.get("tls_cert") and mq.get("tls_key")):
-        problems.append(Problem(file, "mqtt.tls_cert", "tls_cert and tls_key go together"))
+    for have, lack in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+        if mq.get(have) and not mq.get(lack):
+            problems.append(Problem(file, f"mqtt.{lack}", f"missing; expected with {have} (they go together)"))
     for key in ("tls_ca", "tls_cert", "tls_key"):
         if mq.get(key) and not Path(mq[key]).is_file():
             problems.append(Problem(file, f"mqtt.{key}", "expected an existing file", mq[key]))

@@ -47,7 +47,9 @@ def dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"ok": False, "error": "request is not JSON"}
     except (ValueError, LookupError, TypeError) as e:  # RequestError, driver errors, bad lookups
-        return {"ok": False, "error": str(e).strip("'\"") or type(e).__name__}
+        # KeyError's str() is the repr of its key; any other message goes back untouched
+        msg = str(e.args[0]) if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+        return {"ok": False, "error": msg or type(e).__name__}
     except Exception as e:  # a handler bug must not take the daemon down
         log.exception("control command failed")
         return {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
@@ -78,7 +80,12 @@ class ControlServer:
                     if not line:
                         return
                     reply = dispatch(outer.handlers, line)
-                    self.wfile.write(json.dumps(reply, ensure_ascii=False).encode() + b"\n")
+                    try:
+                        out = json.dumps(reply, ensure_ascii=False)
+                    except (TypeError, ValueError) as e:  # a handler returned something not JSON
+                        log.error("control reply is not JSON: %s", e)
+                        out = json.dumps({"ok": False, "error": f"internal error: reply is not JSON: {e}"})
+                    self.wfile.write(out.encode() + b"\n")
 
         old = os.umask(0o117)
         try:

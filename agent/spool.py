@@ -62,16 +62,22 @@ class Spool:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The spool holds evidence: owner only. The file is made 0600 before SQLite
+        # opens it, because SQLite gives the -wal and -shm files (which hold the
+        # same data) the database file's mode when it creates them.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
+            try:
+                os.chmod(p, 0o600)
+            except OSError:
+                pass
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.sync.upper()}")
         db.executescript(_SCHEMA)
         self._bytes, self._count = db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events").fetchone()
-        try:
-            os.chmod(self.path, 0o600)  # the spool holds evidence: owner only
-        except OSError:
-            pass
+        self.overfull = self._bytes > self.max_bytes  # still true after a restart
         self._db = db
 
     def close(self) -> None:

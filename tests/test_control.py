@@ -1,0 +1,323 @@
+"""The control socket: one JSON line each way; a bad request gets an error reply, never a dead daemon."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.control import AgentNotRunning, ControlServer, call, dispatch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def sockdir():
+    # AF_UNIX paths are limited to ~107 bytes: pytest's tmp_path can be longer
+    d = tempfile.mkdtemp(prefix="ctl", dir="/tmp")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _boom(args):
+    raise RuntimeError("bug in handler")
+
+
+def _bad_value(args):
+    raise ValueError("no such device 'x'")
+
+
+def _missing(args):
+    return {"v": {}["nope"]}
+
+
+HANDLERS = {
+    "ping": lambda args: {"pong": True},
+    "echo": lambda args: {"args": args},
+    "boom": _boom,
+    "bad": _bad_value,
+    "missing": _missing,
+    "unserialisable": lambda args: {"path": object()},
+}
+
+
+@pytest.fixture
+def server(sockdir: Path):
+    srv = ControlServer(str(sockdir / "agent.sock"), dict(HANDLERS))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class Client:
+    """A raw line client, to send what call() never would."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(path)
+        self.r = self.sock.makefile("rb")
+
+    def send(self, raw: bytes) -> dict:
+        self.sock.sendall(raw)
+        line = self.r.readline()
+        assert line.endswith(b"\n"), line
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.r.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def client(server: ControlServer):
+    c = Client(server.path)
+    yield c
+    c.close()
+
+
+# -- dispatch ---------------------------------------------------------------------------------
+
+def test_dispatch_without_a_socket() -> None:
+    assert dispatch(HANDLERS, b'{"cmd": "ping"}\n') == {"ok": True, "pong": True}
+    assert dispatch(HANDLERS, b'{"cmd": "echo", "args": {"a": 1}}') == {"ok": True, "args": {"a": 1}}
+    assert dispatch(HANDLERS, b'{"cmd": "echo", "args": null}') == {"ok": True, "args": {}}
+    assert dispatch(HANDLERS, b"\xff\xfe") == {"ok": False, "error": "request is not JSON"}
+    assert dispatch(HANDLERS, b"[1, 2]")["error"].startswith("expected {")
+    assert dispatch(HANDLERS, b'{"cmd": 5}')["error"].startswith("expected {")
+    assert dispatch(HANDLERS, b'{"cmd": "missing"}') == {"ok": False, "error": "nope"}
+
+
+# -- over the socket ----------------------------------------------------------------------------
+
+def test_ok_reply(server: ControlServer) -> None:
+    assert call(server.path, "ping") == {"ok": True, "pong": True}
+    assert call(server.path, "echo", text="考场 note", n=3) == {"ok": True, "args": {"text": "考场 note", "n": 3}}
+
+
+def test_unknown_command_lists_known(server: ControlServer) -> None:
+    r = call(server.path, "reboot")
+    assert r["ok"] is False
+    assert "unknown command 'reboot'" in r["error"]
+    for known in HANDLERS:
+        assert known in r["error"]
+
+
+def test_non_json_line_then_server_still_serves(client: Client) -> None:
+    r = client.send(b"this is not json\n")
+    assert r == {"ok": False, "error": "request is not JSON"}
+    r = client.send(b"\xff\xfe\n")
+    assert r == {"ok": False, "error": "request is not JSON"}
+    # same connection, next request
+    assert client.send(b'{"cmd": "ping"}\n') == {"ok": True, "pong": True}
+
+
+def test_several_requests_on_one_connection(client: Client) -> None:
+    for i in range(5):
+        assert client.send(json.dumps({"cmd": "echo", "args": {"i": i}}).encode() + b"\n")["args"] == {"i": i}
+
+
+def test_args_not_an_object(client: Client) -> None:
+    for args in ("[1, 2]", '"text"', "5"):
+        r = client.send(f'{{"cmd": "echo", "args": {args}}}\n'.encode())
+        assert r == {"ok": False, "error": "args must be an object"}
+
+
+def test_request_not_an_object(client: Client) -> None:
+    r = client.send(b'["ping"]\n')
+    assert r["ok"] is False and '"cmd"' in r["error"]
+    r = client.send(b'{"args": {}}\n')
+    assert r["ok"] is False and '"cmd"' in r["error"]
+
+
+def test_handler_runtime_error_is_internal_error_and_server_survives(server: ControlServer, caplog) -> None:
+    r = call(server.path, "boom")
+    assert r["ok"] is False
+    assert r["error"] == "internal error: RuntimeError: bug in handler"
+    assert "control command failed" in caplog.text  # logged with its traceback for the sysadmin
+    assert call(server.path, "ping") == {"ok": True, "pong": True}
+
+
+def test_handler_value_error_message_goes_back(server: ControlServer) -> None:
+    assert call(server.path, "bad") == {"ok": False, "error": "no such device 'x'"}
+    assert call(server.path, "ping")["ok"] is True
+
+
+def test_unserialisable_reply_is_an_error_reply(server: ControlServer) -> None:
+    r = call(server.path, "unserialisable")
+    assert r["ok"] is False and r["error"].startswith("internal error")
+    assert call(server.path, "ping")["ok"] is True
+
+
+def test_clients_served_concurrently(sockdir: Path) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(args):
+        entered.set()
+        assert release.wait(10)
+        return {"slow": True}
+
+    srv = ControlServer(str(sockdir / "a.sock"), {"slow": slow, "ping": lambda a: {}})
+    srv.start()
+    try:
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(call(srv.path, "slow", timeout=10)))
+        t.start()
+        assert entered.wait(10)
+        # a slow command does not block another client
+        assert call(srv.path, "ping", timeout=10) == {"ok": True}
+        release.set()
+        t.join(10)
+        assert result == {"ok": True, "slow": True}
+    finally:
+        release.set()
+        srv.stop()
+
+
+def test_socket_mode_0660(server: ControlServer) -> None:
+    st = os.stat(server.path)
+    assert stat.S_ISSOCK(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o660
+
+
+def test_stop_removes_socket(sockdir: Path) -> None:
+    srv = ControlServer(str(sockdir / "x" / "agent.sock"), dict(HANDLERS))  # parent dir made
+    srv.start()
+    assert Path(srv.path).exists()
+    srv.stop()
+    assert not Path(srv.path).exists()
+    srv.stop()  # idempotent
+    with pytest.raises(AgentNotRunning):
+        call(srv.path, "ping")
+
+
+# -- not running, already running, stale ----------------------------------------------------------
+
+def test_call_missing_socket_raises_agent_not_running(sockdir: Path) -> None:
+    path = str(sockdir / "absent.sock")
+    with pytest.raises(AgentNotRunning) as ei:
+        call(path, "status")
+    assert "the agent is not running" in str(ei.value)
+    assert path in str(ei.value)
+    assert isinstance(ei.value, ConnectionError)
+
+
+def stale_socket(path: Path) -> None:
+    """A socket file with nobody listening: what a SIGKILLed daemon leaves behind."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(path))
+    s.close()
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+
+
+def test_call_stale_socket_raises_agent_not_running(sockdir: Path) -> None:
+    path = sockdir / "stale.sock"
+    stale_socket(path)
+    with pytest.raises(AgentNotRunning, match="the agent is not running"):
+        call(str(path), "status")
+
+
+def test_second_server_on_live_socket_refuses(server: ControlServer) -> None:
+    second = ControlServer(server.path, {"ping": lambda a: {"second": True}})
+    with pytest.raises(RuntimeError, match="already running"):
+        second.start()
+    # the first daemon keeps its socket and keeps serving
+    assert call(server.path, "ping") == {"ok": True, "pong": True}
+    assert stat.S_ISSOCK(os.stat(server.path).st_mode)
+
+
+def test_stale_socket_is_replaced(sockdir: Path) -> None:
+    path = sockdir / "agent.sock"
+    stale_socket(path)
+    with pytest.raises(AgentNotRunning):
+        call(str(path), "ping")
+    srv = ControlServer(str(path), dict(HANDLERS))
+    srv.start()
+    try:
+        assert call(str(path), "ping") == {"ok": True, "pong": True}
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    finally:
+        srv.stop()
+
+
+# -- the CLI without a daemon ---------------------------------------------------------------------
+
+@pytest.fixture
+def config_without_daemon(tmp_path: Path, sockdir: Path) -> tuple[Path, Path]:
+    sock = sockdir / "agent.sock"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f"""
+schema_version = 1
+[site]
+id = "site01"
+[room]
+id = "room101"
+[control]
+socket = "{sock}"
+[spool]
+path = "{tmp_path}/spool.db"
+""", encoding="utf-8")
+    return cfg, sock
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("argv", [["status"], ["status", "--json"], ["note", "candidate", "left", "early"]])
+def test_cli_without_daemon_exits_1(config_without_daemon, argv) -> None:
+    cfg, sock = config_without_daemon
+    r = run_cli(argv[0], "--config", str(cfg), *argv[1:])
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stdout == ""
+    assert r.stderr.startswith("error: the agent is not running")
+    assert str(sock) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_with_stale_socket_exits_1(config_without_daemon) -> None:
+    cfg, sock = config_without_daemon
+    stale_socket(sock)
+    r = run_cli("note", "--config", str(cfg), "hello")
+    assert r.returncode == 1
+    assert "the agent is not running" in r.stderr
+
+
+def test_cli_note_reaches_daemon(config_without_daemon) -> None:
+    cfg, sock = config_without_daemon
+    got: list[dict] = []
+
+    def note(args):
+        got.append(args)
+        return {"seq": 42}
+
+    srv = ControlServer(str(sock), {"note": note})
+    srv.start()
+    try:
+        r = run_cli("note", "--config", str(cfg), "--author", "proctor1", "seat", "12", "empty")
+    finally:
+        srv.stop()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "note recorded as event seq 42"
+    assert got == [{"text": "seat 12 empty", "author": "proctor1"}]
+
+
+def test_cli_error_reply_exits_1(config_without_daemon) -> None:
+    cfg, sock = config_without_daemon
+    srv = ControlServer(str(sock), {"note": _bad_value})
+    srv.start()
+    try:
+        r = run_cli("note", "--config", str(cfg), "x")
+    finally:
+        srv.stop()
+    assert r.returncode == 1
+    assert r.stderr.strip() == "error: no such device 'x'"
