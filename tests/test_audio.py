@@ -1,0 +1,402 @@
+"""Audio monitor: the level core on WAV files, AlsaAudioMonitor through a real ALSA
+``file`` device reading those WAVs, and the real-time SimAudioMonitor.
+
+The ALSA device is not paced, so a fake constant clock makes every ``since``
+exact (start + frames / rate) and a collector keeps only the events of the
+first N seconds of the feed (the file plugin reads zeros past the end).
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import wave
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+from agent.bus import Bus, DeviceEvent
+from drivers.audio import AlsaAudioMonitor, SimAudioMonitor
+from drivers.audio_levels import LevelAnalyzer, Thresholds, TrialRecorder
+from drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError
+from drivers.events import AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
+
+pytestmark = pytest.mark.skipif(not (shutil.which("sox") and shutil.which("espeak-ng")),
+                                reason="needs Debian sox and espeak-ng")
+
+RATE = 48000
+T0 = 1000.0  # the fake wall clock: frame n is at T0 + n / RATE
+
+
+def fixed_clock() -> float:
+    return T0
+
+
+# -- signals ------------------------------------------------------------------------------
+
+class Feeds:
+    """Exact test signals made with ``sox -D`` (no dither: digital silence stays zero)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def synth(self, name: str, effects: str) -> Path:
+        out = self.root / f"{name}.wav"
+        subprocess.run(["sox", "-D", "-n", "-r", str(RATE), "-c", "1", "-b", "16", str(out),
+                        *effects.split()], check=True, capture_output=True)
+        return out
+
+    def tone(self, seconds: float, vol: str = "-20dB", name: str = "") -> Path:
+        return self.synth(name or f"tone{seconds}", f"synth {seconds} sine 1000 vol {vol}")
+
+    def silence(self, seconds: float) -> Path:
+        return self.synth(f"silence{seconds}", f"trim 0 {seconds}")
+
+    def concat(self, name: str, *parts: Path) -> Path:
+        out = self.root / f"{name}.wav"
+        subprocess.run(["sox", "-D", *map(str, parts), str(out)], check=True)
+        return out
+
+    def speech(self) -> Path:
+        raw = self.root / "speech22k.wav"
+        subprocess.run(["espeak-ng", "-w", str(raw), "The listening test begins now. Question one. "
+                        "What time does the train to the airport leave?"], check=True)
+        out = self.root / "speech.wav"
+        subprocess.run(["sox", "-D", str(raw), "-r", str(RATE), str(out)], check=True)
+        return out
+
+
+def duration(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+@pytest.fixture
+def feeds(tmp_path: Path) -> Feeds:
+    return Feeds(tmp_path)
+
+
+@pytest.fixture
+def alsa_feed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[Path], str]:
+    """An ALSA capture device that reads a WAV's samples, as a sound card would deliver them.
+
+    The file plugin reads its ``infile`` raw (a WAV header would be heard as samples),
+    and its ``null`` slave leaves stale memory in the buffer past the end, so the
+    slave is itself a file device reading /dev/zero: past the end is digital silence.
+    """
+    conf = tmp_path / "asound.conf"
+    raw = tmp_path / "feed.raw"
+
+    def use(wav: Path) -> str:
+        subprocess.run(["sox", "-D", str(wav), "-t", "raw", str(raw)], check=True)
+        return "examroom_feed"
+
+    conf.write_text(f"""</usr/share/alsa/alsa.conf>
+pcm.examroom_zeros {{ type file slave.pcm null file "/dev/null" infile "/dev/zero" format raw }}
+pcm.examroom_feed {{ type file slave.pcm examroom_zeros file "/dev/null" infile "{raw}" format raw }}
+""")
+    monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
+    return use
+
+
+class Collector:
+    """Keeps the events up to the ``seconds``-th AudioLevels (one per second of feed)."""
+
+    def __init__(self, bus: Bus, seconds: int) -> None:
+        self.seconds = seconds
+        self.events: list[DeviceEvent] = []
+        self.done = threading.Event()
+        bus.subscribe(DeviceEvent, self._on)
+
+    def _on(self, event: DeviceEvent) -> None:
+        if self.done.is_set():
+            return
+        self.events.append(event)
+        if len(self.of(AudioLevels)) == self.seconds:
+            self.done.set()
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def changes(self) -> list[tuple[str, str, float]]:
+        return [(e.previous, e.state, round(e.since - T0, 3)) for e in self.of(AudioStateChanged)]
+
+
+def run_alsa(device: str, seconds: int, **options: Any) -> Collector:
+    bus = Bus()
+    col = Collector(bus, seconds)
+    drv = AlsaAudioMonitor("audio", {"device": device, **options}, bus, clock=fixed_clock)
+    drv.start()
+    try:
+        assert col.done.wait(10), "feed not consumed"
+    finally:
+        drv.stop()
+    return col
+
+
+def wav_blocks(path: Path, block_s: float = 0.1) -> tuple[int, list[np.ndarray]]:
+    with wave.open(str(path)) as w:
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    step = int(rate * block_s)
+    return rate, [pcm[i:i + step] for i in range(0, len(pcm), step)]
+
+
+# -- the core, on WAV files read with the wave module -------------------------------------
+
+def test_core_tone_levels(feeds: Feeds) -> None:
+    rate, blocks = wav_blocks(feeds.tone(1))
+    core = LevelAnalyzer(rate, 1, Thresholds())
+    for block in blocks:
+        b, _ = core.feed(block)
+        assert b.peak_dbfs == pytest.approx(-19.98, abs=0.1)
+        assert b.rms_dbfs == pytest.approx(-23.01, abs=0.1)
+    assert core.state == "signal" and core.frames == rate
+
+
+def test_core_speech_at_its_own_rate_stays_signal(feeds: Feeds, tmp_path: Path) -> None:
+    feeds.speech()
+    rate, blocks = wav_blocks(tmp_path / "speech22k.wav")
+    assert rate == 22050
+    core = LevelAnalyzer(rate, 1, Thresholds())
+    states = {core.feed(b)[0].quiet for b in blocks}
+    assert True in states, "speech has quiet pauses between words"
+    assert core.state == "signal"
+
+
+def test_core_trial_report_of_a_dropout(feeds: Feeds) -> None:
+    wav = feeds.concat("dropout", feeds.tone(2), feeds.silence(3), feeds.tone(2))
+    rate, blocks = wav_blocks(wav)
+    core = LevelAnalyzer(rate, 1, Thresholds())
+    rec = TrialRecorder(rate, Thresholds(), wanted=7 * rate, start=0)
+    for block in blocks:
+        rec.add(core.feed(block)[0])
+    report = rec.report(lambda f: T0 + f / rate, complete=rec.done)
+    assert report["complete"] and not report["pass"] and report["problems"] == ["silence"]
+    assert report["silences"] == [{"start": T0 + 2, "end": T0 + 5, "offset_s": 2.0, "duration_s": 3.0}]
+    assert report["peak_dbfs"] == pytest.approx(-19.98, abs=0.1)
+    assert report["mean_dbfs"] == pytest.approx(-23.01 + 10 * np.log10(4 / 7), abs=0.1)
+
+
+def test_core_trial_report_of_clipping(feeds: Feeds) -> None:
+    rate, blocks = wav_blocks(feeds.tone(2, vol="2", name="clipped"))
+    core = LevelAnalyzer(rate, 1, Thresholds())
+    rec = TrialRecorder(rate, Thresholds(), wanted=2 * rate, start=0)
+    for block in blocks:
+        rec.add(core.feed(block)[0])
+    report = rec.report(lambda f: T0 + f / rate, complete=True)
+    assert report["problems"] == ["clipping"] and report["peak_dbfs"] == pytest.approx(0.0, abs=0.01)
+    assert report["clipping"]["blocks"] == 20 and report["clipping"]["seconds"] == 2.0
+    assert report["clipping"]["samples"] > 1000
+
+
+# -- AlsaAudioMonitor through an ALSA file device -----------------------------------------
+
+def test_alsa_tone_levels(feeds: Feeds, alsa_feed: Callable[[Path], str]) -> None:
+    col = run_alsa(alsa_feed(feeds.tone(3)), 3)
+    levels = col.of(AudioLevels)
+    assert [lv.state for lv in levels] == ["signal"] * 3
+    for lv in levels:
+        assert lv.peak_dbfs == pytest.approx(-19.98, abs=0.1)
+        assert lv.rms_dbfs == pytest.approx(-23.01, abs=0.1)
+    assert col.changes() == [("no_input", "signal", 0.0)]
+    assert col.of(DeviceStateChanged)[0].state == OK
+
+
+def test_alsa_digital_silence_after_hold(feeds: Feeds, alsa_feed: Callable[[Path], str]) -> None:
+    col = run_alsa(alsa_feed(feeds.silence(4)), 4)
+    # Until the 2 s hold has passed a quiet input is undecided; then silence from the start.
+    assert [lv.state for lv in col.of(AudioLevels)] == ["no_input", "no_input", "silence", "silence"]
+    assert col.changes() == [("no_input", "silence", 0.0)]
+    assert col.of(AudioLevels)[-1].rms_dbfs == -120.0
+
+
+def test_alsa_speech_is_signal_throughout(feeds: Feeds, alsa_feed: Callable[[Path], str]) -> None:
+    wav = feeds.speech()
+    col = run_alsa(alsa_feed(wav), int(duration(wav)))
+    assert col.changes() == [("no_input", "signal", 0.0)]
+    assert {lv.state for lv in col.of(AudioLevels)} == {"signal"}
+
+
+def test_alsa_clipping(feeds: Feeds, alsa_feed: Callable[[Path], str]) -> None:
+    col = run_alsa(alsa_feed(feeds.tone(3, vol="2", name="clipped")), 3)
+    assert col.changes() == [("no_input", "clipping", 0.0)]
+    assert [lv.state for lv in col.of(AudioLevels)] == ["clipping"] * 3
+    assert col.of(AudioLevels)[0].peak_dbfs == pytest.approx(0.0, abs=0.01)
+
+
+def test_alsa_dropout_start_and_duration(feeds: Feeds, alsa_feed: Callable[[Path], str]) -> None:
+    wav = feeds.concat("dropout", feeds.tone(2), feeds.silence(3), feeds.tone(2))
+    col = run_alsa(alsa_feed(wav), 7)
+    assert col.changes() == [("no_input", "signal", 0.0), ("signal", "silence", 2.0),
+                             ("silence", "signal", 5.0)]
+    drop, back = col.of(AudioStateChanged)[1:]
+    assert back.since - drop.since == pytest.approx(3.0, abs=0.01)
+    assert drop.rms_dbfs == -120.0 and back.rms_dbfs == pytest.approx(-23.01, abs=0.1)
+
+
+def test_alsa_no_device_is_absent_and_retried(feeds: Feeds, alsa_feed: Callable[[Path], str],
+                                              tmp_path: Path) -> None:
+    bus = Bus()
+    opened = threading.Event()
+    bus.subscribe(DeviceStateChanged, lambda e: opened.set() if e.state == OK else None)
+    drv = AlsaAudioMonitor("audio", {"device": "examroom_feed", "retry_s": 0.05}, bus)
+    drv.start()  # feed.raw does not exist yet: the file device cannot open
+    try:
+        assert drv.status().state == ABSENT and "examroom_feed" in drv.status().reason
+        assert drv.levels()["state"] == "no_input"
+        result = drv.selftest()
+        assert result.skipped and not result.ok
+        report = drv.trial(5)
+        assert not report["pass"] and report["problems"] == ["incomplete"] and report["start"] is None
+        alsa_feed(feeds.tone(1))
+        assert opened.wait(5), "the monitor did not retry opening the device"
+        assert drv.status().state == OK
+    finally:
+        drv.stop()
+    assert drv.status().state == STOPPED
+
+
+def test_alsa_selftest_and_loopback_failure(feeds: Feeds, alsa_feed: Callable[[Path], str]) -> None:
+    drv = AlsaAudioMonitor("audio", {"device": alsa_feed(feeds.tone(3)), "loopback_test": True,
+                                     "output_device": "examroom_nowhere"}, Bus())
+    drv.start()
+    try:
+        result = drv.selftest()
+    finally:
+        drv.stop()
+    steps = {s.name: s for s in result.steps}
+    assert steps["input"].ok and steps["samples"].ok
+    assert not steps["loopback"].ok and "aplay failed" in steps["loopback"].detail
+    assert not result.ok and not result.skipped
+
+
+@pytest.fixture
+def mock_gpio() -> Any:
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+    saved, Device.pin_factory = Device.pin_factory, MockFactory()
+    yield Device.pin_factory
+    Device.pin_factory.reset()
+    Device.pin_factory = saved
+
+
+@pytest.mark.parametrize("active_high", [True, False])
+def test_alsa_relay_switch(feeds: Feeds, alsa_feed: Callable[[Path], str], mock_gpio: Any,
+                           active_high: bool) -> None:
+    bus = Bus()
+    switched: list[AudioSourceSwitched] = []
+    bus.subscribe(AudioSourceSwitched, switched.append)
+    drv = AlsaAudioMonitor("audio", {"device": alsa_feed(feeds.tone(1)), "relay_pin": 17,
+                                     "relay_active_high": active_high}, bus)
+    drv.start()
+    try:
+        pin = mock_gpio.pin(17)
+        assert drv.levels()["source"] == "primary" and pin.state == (not active_high)
+        assert drv.switch_source("backup", "auto") == {
+            "source": "backup", "previous": "primary", "reason": "auto", "changed": True}
+        assert pin.state == active_high and drv.status().details["source"] == "backup"
+        assert drv.switch_source("backup")["changed"] is False
+        drv.switch_source("primary")
+        assert pin.state == (not active_high)
+        assert [(e.source, e.reason) for e in switched] == [("backup", "auto"), ("primary", "command")]
+        with pytest.raises(ValueError):
+            drv.switch_source("spare")
+        with pytest.raises(ValueError):
+            drv.switch_source("backup", "because")
+    finally:
+        drv.stop()
+
+
+def test_alsa_relay_errors(feeds: Feeds, alsa_feed: Callable[[Path], str], mock_gpio: Any) -> None:
+    device = alsa_feed(feeds.tone(1))
+    drv = AlsaAudioMonitor("audio", {"device": device}, Bus())
+    drv.start()
+    try:
+        with pytest.raises(DeviceAbsent, match="no relay_pin"):
+            drv.switch_source("backup")
+    finally:
+        drv.stop()
+    drv = AlsaAudioMonitor("audio", {"device": device, "relay_pin": "NOSUCHPIN"}, Bus())
+    drv.start()
+    try:
+        assert drv.status().state == FAULT and drv.status().reason.startswith("relay:")
+        with pytest.raises(DeviceAbsent, match="relay unavailable"):
+            drv.switch_source("backup")
+        assert not {s.name: s for s in drv.selftest().steps}["relay"].ok
+    finally:
+        drv.stop()
+
+
+# -- SimAudioMonitor (real time) ----------------------------------------------------------
+
+@pytest.fixture
+def sim() -> Any:
+    bus = Bus()
+    drv = SimAudioMonitor("audio", {"silence_hold_s": 0.3, "levels_every_s": 0.2}, bus)
+    drv.start()
+    yield drv, bus
+    drv.stop()
+
+
+def wait_state(bus: Bus, state: str) -> threading.Event:
+    seen = threading.Event()
+    bus.subscribe(AudioStateChanged, lambda e: seen.set() if e.state == state else None)
+    return seen
+
+
+def test_sim_trial_pass_and_fail(sim: Any) -> None:
+    drv, bus = sim
+    report = drv.trial(0.5)
+    assert report["pass"] and report["complete"] and report["measured_s"] == 0.5
+    assert report["mean_dbfs"] == pytest.approx(-23.01, abs=0.1)
+    assert report["peak_dbfs"] == pytest.approx(-19.98, abs=0.1)
+    assert report["end"] - report["start"] == pytest.approx(0.5)
+    drv.simulate("silence", [])
+    report = drv.trial(0.5)
+    assert not report["pass"] and report["problems"] == ["silence"]
+    assert report["silences"][0]["offset_s"] == 0.0 and report["silences"][0]["duration_s"] == 0.5
+    with pytest.raises(ValueError):
+        drv.trial(0)
+
+
+def test_sim_actions_drive_the_state(sim: Any) -> None:
+    drv, bus = sim
+    assert drv.status().state == OK
+    silent, clipping, signal = (wait_state(bus, s) for s in ("silence", "clipping", "signal"))
+    assert drv.simulate("silence", []) == {"signal": "silence", "level_dbfs": -120.0}
+    assert silent.wait(3)
+    drv.simulate("clip", [])
+    assert clipping.wait(3)
+    levels = threading.Event()
+    bus.subscribe(AudioLevels, lambda e: levels.set() if abs(e.rms_dbfs + 33.01) < 0.1 else None)
+    assert drv.simulate("level", ["-30"]) == {"signal": "tone", "level_dbfs": -30.0}
+    assert signal.wait(3) and levels.wait(3)
+    assert drv.levels()["peak_dbfs"] == pytest.approx(-30.0, abs=0.1)
+
+
+@pytest.mark.parametrize("action,args", [("level", ["loud"]), ("level", ["3"]), ("level", ["-1", "-2"]),
+                                         ("level", ["nan"]), ("silence", ["1"]), ("clip", ["x"]),
+                                         ("boom", [])])
+def test_sim_bad_actions(action: str, args: list[str]) -> None:
+    drv = SimAudioMonitor("audio", {}, Bus())
+    with pytest.raises(SimulationError):
+        drv.simulate(action, args)
+
+
+def test_sim_relay_on_private_mock_pins(sim: Any) -> None:
+    drv, bus = sim
+    switched = threading.Event()
+    bus.subscribe(AudioSourceSwitched, lambda e: switched.set())
+    assert drv.switch_source("backup")["changed"]
+    assert switched.is_set() and drv.pin_factory.pin(27).state is True
+    result = drv.selftest()
+    assert result.ok and [s.name for s in result.steps] == ["input", "samples", "relay"]
+
+
+def test_options_are_declared() -> None:
+    for cls in (AlsaAudioMonitor, SimAudioMonitor):
+        assert {"device", "rate", "channels", "block_ms", "silence_floor_dbfs", "silence_hold_s",
+                "clip_dbfs", "relay_pin", "relay_active_high"} <= set(cls.options)
