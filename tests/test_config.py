@@ -287,7 +287,7 @@ def test_tls_all_present_ok(tmp_path: Path) -> None:
 
 
 # -- [[device]] -------------------------------------------------------------------------
-# pcsc and metal_detector driver modules exist (others are being written concurrently).
+# metal_detector and clock driver modules are committed (others are being written concurrently).
 
 def device(**kv) -> str:
     def val(v):
@@ -300,14 +300,14 @@ def device(**kv) -> str:
 
 
 def test_good_devices_fill_option_defaults(tmp_path: Path) -> None:
-    text = MINIMAL + device(kind="pcsc", name="reader1", backend="sim", poll_interval_s=0.5) \
+    text = MINIMAL + device(kind="clock", name="clock1", backend="sim", poll_interval_s=0.5) \
         + device(kind="metal_detector", name="md", backend="sim")
     cfg = config.load(write(tmp_path, text))
-    r, md = cfg.devices
-    assert (r.kind, r.name, r.backend) == ("pcsc", "reader1", "sim")
-    assert r.options["poll_interval_s"] == 0.5
-    assert r.options["reader"] == ""          # default filled
-    assert r.options["app_apdus"] == []
+    c, md = cfg.devices
+    assert (c.kind, c.name, c.backend) == ("clock", "clock1", "sim")
+    assert c.options["poll_interval_s"] == 0.5
+    assert c.options["max_offset_s"] == 0.5   # defaults filled
+    assert c.options["synced"] is True
     assert md.kind == "metal_detector" and md.options["debounce_ms"] == 50
 
 
@@ -315,7 +315,7 @@ def test_device_unknown_kind(tmp_path: Path) -> None:
     _, problems = problems_of(tmp_path, MINIMAL + device(kind="teleporter", name="t", backend="sim"))
     pr = only(problems, "device[0].kind")
     assert pr.value == "teleporter"
-    assert "expected one of" in pr.message and "pcsc" in pr.message and "metal_detector" in pr.message
+    assert "expected one of" in pr.message and "clock" in pr.message and "metal_detector" in pr.message
 
 
 def test_device_missing_kind(tmp_path: Path) -> None:
@@ -325,26 +325,26 @@ def test_device_missing_kind(tmp_path: Path) -> None:
 
 
 def test_device_unknown_backend(tmp_path: Path) -> None:
-    _, problems = problems_of(tmp_path, MINIMAL + device(kind="pcsc", name="r", backend="usb"))
+    _, problems = problems_of(tmp_path, MINIMAL + device(kind="metal_detector", name="r", backend="usb"))
     pr = only(problems, "device[0].backend")
     assert pr.value == "usb"
-    assert "pcsc, sim" in pr.message and "for pcsc" in pr.message
+    assert "gpio, sim" in pr.message and "for metal_detector" in pr.message
 
 
 @pytest.mark.parametrize("name", ["bad name", "a/b", "", "x" * 65])
 def test_device_bad_name(tmp_path: Path, name: str) -> None:
-    _, problems = problems_of(tmp_path, MINIMAL + device(kind="pcsc", name=name, backend="sim"))
+    _, problems = problems_of(tmp_path, MINIMAL + device(kind="clock", name=name, backend="sim"))
     pr = only(problems, "device[0].name")
     assert pr.value == name and "1-64 of [A-Za-z0-9_-]" in pr.message
 
 
 def test_device_name_not_a_string(tmp_path: Path) -> None:
-    _, problems = problems_of(tmp_path, MINIMAL + device(kind="pcsc", name=7, backend="sim"))
+    _, problems = problems_of(tmp_path, MINIMAL + device(kind="clock", name=7, backend="sim"))
     assert only(problems, "device[0].name").value == 7
 
 
 def test_device_duplicate_name(tmp_path: Path) -> None:
-    text = MINIMAL + device(kind="pcsc", name="r", backend="sim") \
+    text = MINIMAL + device(kind="clock", name="r", backend="sim") \
         + device(kind="metal_detector", name="r", backend="sim")
     _, problems = problems_of(tmp_path, text)
     pr = only(problems, "device[1].name")
@@ -353,21 +353,24 @@ def test_device_duplicate_name(tmp_path: Path) -> None:
 
 
 def test_device_unknown_option_lists_known(tmp_path: Path) -> None:
-    _, problems = problems_of(tmp_path, MINIMAL + device(kind="pcsc", name="r", backend="sim", speed=9600))
+    _, problems = problems_of(tmp_path, MINIMAL + device(kind="clock", name="r", backend="sim", speed=9600))
     pr = only(problems, "device[0].speed")
     assert "unknown key" in pr.message
-    for known in ("reader", "poll_interval_s", "app_apdus"):
+    for known in ("poll_interval_s", "max_offset_s", "synced"):
         assert known in pr.message
 
 
-@pytest.mark.parametrize("opt, value, expected", [
-    ("poll_interval_s", "fast", "expected an integer or a number"),
-    ("poll_interval_s", True, "expected an integer or a number"),
-    ("poll_interval_s", 60, "expected seconds, more than 0 and at most 10"),
-    ("reader", 3, "expected a string"),
+@pytest.mark.parametrize("kind, opt, value, expected", [
+    ("metal_detector", "debounce_ms", "fast", "expected an integer"),
+    ("metal_detector", "debounce_ms", True, "expected an integer"),   # TOML true is not a number
+    ("metal_detector", "debounce_ms", 6000, "expected 0..5000 milliseconds"),
+    ("metal_detector", "alarm_active_low", 1, "expected true/false"),
+    ("clock", "poll_interval_s", "10", "expected an integer or a number"),
+    ("clock", "poll_interval_s", False, "expected an integer or a number"),
+    ("clock", "synced", "yes", "expected true/false"),
 ])
-def test_device_option_type_and_range(tmp_path: Path, opt, value, expected) -> None:
-    p, problems = problems_of(tmp_path, MINIMAL + device(kind="pcsc", name="r", backend="sim", **{opt: value}))
+def test_device_option_type_and_range(tmp_path: Path, kind, opt, value, expected) -> None:
+    p, problems = problems_of(tmp_path, MINIMAL + device(kind=kind, name="r", backend="sim", **{opt: value}))
     pr = only(problems, f"device[0].{opt}")
     assert pr.file == str(p)
     assert pr.value == value and type(pr.value) is type(value)
@@ -403,14 +406,14 @@ listen = "localhost:99999"
 x = 1
 
 [[device]]
-kind = "pcsc"
+kind = "metal_detector"
 name = "r1"
 backend = "sim"
-poll_interval_s = "fast"
+debounce_ms = "fast"
 turbo = true
 
 [[device]]
-kind = "pcsc"
+kind = "clock"
 name = "r1"
 backend = "sim"
 
@@ -423,7 +426,7 @@ backend = "sim"
 BROKEN_KEYS = {
     "schema_version", "site.id", "room.id", "room.colour", "mqtt.port", "mqtt.keepalive_s",
     "spool.max_bytes", "spool.sync", "heartbeat.interval_s", "metrics.listen", "bogus",
-    "device[0].poll_interval_s", "device[0].turbo", "device[1].name", "device[2].kind",
+    "device[0].debounce_ms", "device[0].turbo", "device[1].name", "device[2].kind",
 }
 
 
@@ -472,11 +475,11 @@ def test_cli_check_config_missing_file(tmp_path: Path) -> None:
 
 
 def test_cli_check_config_ok(tmp_path: Path) -> None:
-    p = write(tmp_path, MINIMAL + device(kind="pcsc", name="reader1", backend="sim"))
+    p = write(tmp_path, MINIMAL + device(kind="clock", name="clock1", backend="sim"))
     r = run_cli("check-config", str(p))
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""
     first = r.stdout.splitlines()[0]
     assert first.startswith(f"{p}: OK")
     assert "room101" in first and "site01" in first and "exam/site01/room101/" in first
-    assert "reader1 (pcsc/sim)" in first
+    assert "clock1 (clock/sim)" in first
