@@ -1,0 +1,295 @@
+"""The deployment kit, end to end: generated PKI, generated broker config and ACL, a real
+TLS Mosquitto, paho clients holding room/aggregator certificates, and the real agent.
+
+What it proves: the files in deploy/ work together as a sysadmin would use them, and the
+broker, not goodwill, keeps room 101 from speaking for room 102.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import load
+from agent.localbroker import free_port
+from tests.agentproc import AgentProcess
+
+REPO = Path(__file__).resolve().parent.parent
+PKI = REPO / "deploy/pki/make-pki.sh"
+ACL = REPO / "deploy/mosquitto/make-acl.py"
+CONFIGS = REPO / "deploy/fleet/make-configs.py"
+SITE = "site01"
+NOT_AUTHORIZED = 135
+ACCEPTED = range(0, 0x80)  # v5: 0 success, 16 "no matching subscribers"; failures are >= 0x80
+
+
+def run(*cmd: Any) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"{cmd} exited {r.returncode}: {r.stdout}{r.stderr}"
+    return r
+
+
+class Site:
+    """The PKI directory and a running broker configured from deploy/mosquitto/examroom.conf."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pki = root / "pki"
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def make(self) -> "Site":
+        run("bash", PKI, self.pki, "init", SITE, "localhost", "127.0.0.1")
+        for room in ("room101", "room102"):
+            run("bash", PKI, self.pki, "room", SITE, room)
+        for client in ("aggregator", "ops"):
+            run("bash", PKI, self.pki, "client", client)
+        run(sys.executable, ACL, "--site", SITE, "--room", "room101", "--room", "room102",
+            "--aggregator", "aggregator", "--aggregator", "ops", "-o", self.root / "acl")
+        conf = (REPO / "deploy/mosquitto/examroom.conf").read_text()
+        for old, new in (("/etc/mosquitto/examroom/ca.crt", self.pki / "ca.crt"),
+                         ("/etc/mosquitto/examroom/server.crt", self.pki / "certs/server.crt"),
+                         ("/etc/mosquitto/examroom/server.key", self.pki / "private/server.key"),
+                         ("/etc/mosquitto/examroom/acl", self.root / "acl"),
+                         ("listener 8883", f"listener {self.port} 127.0.0.1")):
+            assert old in conf, old
+            conf = conf.replace(old, str(new))
+        # what Debian's main mosquitto.conf adds around conf.d/examroom.conf
+        conf += f"\npersistence_location {self.root}/\n{'user root' if os.geteuid() == 0 else ''}\n"
+        (self.root / "mosquitto.conf").write_text(conf)
+        return self
+
+    def start(self) -> "Site":
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not os.path.exists(exe):
+            pytest.skip("mosquitto is not installed (scripts/setup.sh)")
+        log = open(self.root / "mosquitto.log", "ab")
+        self.proc = subprocess.Popen([exe, "-c", str(self.root / "mosquitto.conf")], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {(self.root / 'mosquitto.log').read_text()[-800:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.01)  # polling a port: there is no event to wait on
+        raise RuntimeError("mosquitto did not start listening")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def cert(self, cn: str) -> tuple[str, str]:
+        return str(self.pki / "certs" / f"{cn}.crt"), str(self.pki / "private" / f"{cn}.key")
+
+
+class Client:
+    """A paho v5 client that records CONNACKs, PUBACK reason codes and messages, and waits on them."""
+
+    def __init__(self, site: Site, cn: str | None) -> None:
+        self.site = site
+        self.cond = threading.Condition()
+        self.acks: dict[int, int] = {}
+        self.messages: list[mqtt.MQTTMessage] = []
+        self.connack: Any = None
+        self.gone = threading.Event()
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        cert, key = site.cert(cn) if cn else (None, None)
+        self.c.tls_set(ca_certs=str(site.pki / "ca.crt"), certfile=cert, keyfile=key,
+                       cert_reqs=ssl.CERT_REQUIRED)
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda *_: self.gone.set()
+        self.c.on_publish = self._on_publish
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda *_: self.subscribed.set()
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        with self.cond:
+            self.connack = reason
+            self.cond.notify_all()
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        with self.cond:
+            self.acks[mid] = reason.value
+            self.cond.notify_all()
+
+    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with self.cond:
+            self.messages.append(msg)
+            self.cond.notify_all()
+
+    def __enter__(self) -> "Client":
+        self.c.connect("127.0.0.1", self.site.port, keepalive=10)
+        self.c.loop_start()
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.connack is not None, 5), "no CONNACK"
+        assert not self.connack.is_failure, self.connack
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+    def publish(self, topic: str, payload: bytes = b"{}", retain: bool = False) -> int:
+        """Publish at QoS 1 and return the PUBACK reason code (0 success, 135 not authorized)."""
+        info = self.c.publish(topic, payload, qos=1, retain=retain)
+        with self.cond:
+            assert self.cond.wait_for(lambda: info.mid in self.acks, 5), f"no PUBACK for {topic}"
+            return self.acks[info.mid]
+
+    def subscribe(self, *topics: str) -> None:
+        self.subscribed.clear()
+        self.c.subscribe([(t, 1) for t in topics])
+        assert self.subscribed.wait(5)
+
+    def wait_for(self, pred: Any, timeout: float = 10) -> list[mqtt.MQTTMessage]:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: pred(self.messages), timeout)
+            assert ok, f"not received in {timeout}s; got {[(m.topic, m.payload) for m in self.messages]}"
+            return list(self.messages)
+
+
+def on(topic: str) -> Any:
+    return lambda ms: [m for m in ms if m.topic == topic]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    s = Site(tmp_path_factory.mktemp("site")).make().start()
+    yield s
+    s.stop()
+
+
+def test_pki_files_are_private_and_reruns_keep_them(site: Site) -> None:
+    for key in (site.pki / "private").iterdir():
+        assert key.stat().st_mode & 0o777 == 0o600, key
+    before = (site.pki / "certs/site01-room101.crt").read_bytes()
+    run("bash", PKI, site.pki, "room", SITE, "room101")
+    assert (site.pki / "certs/site01-room101.crt").read_bytes() == before
+    subject = run("openssl", "x509", "-in", site.pki / "certs/site01-room101.crt", "-noout", "-subject")
+    assert subject.stdout.strip().endswith("CN = site01-room101")
+    r = subprocess.run(["bash", str(PKI), str(site.pki), "room", SITE, "broadcast"], capture_output=True, text=True)
+    assert r.returncode != 0 and "broadcast" in r.stderr
+    r = subprocess.run(["bash", str(PKI), str(site.pki), "room", "site02", "room1"], capture_output=True, text=True)
+    assert r.returncode != 0 and 'for site "site01"' in r.stderr
+
+
+def test_room_publishes_its_own_topics(site: Site) -> None:
+    with Client(site, "aggregator") as agg, Client(site, "site01-room101") as room:
+        agg.subscribe(f"exam/{SITE}/#")
+        assert room.publish("exam/site01/room101/status", b'{"state":"online"}', retain=True) in ACCEPTED
+        assert room.publish("exam/site01/room101/event/note", b'{"seq":1}') in ACCEPTED
+        assert room.publish("exam/site01/room101/heartbeat") in ACCEPTED
+        assert room.publish("exam/site01/room101/reply/ping") in ACCEPTED
+        agg.wait_for(on("exam/site01/room101/event/note"))
+        assert room.publish("exam/site01/room101/status", b"", retain=True) in ACCEPTED  # clear retained
+
+
+def test_room_cannot_publish_as_another_room_or_command(site: Site) -> None:
+    with Client(site, "site01-room101") as room:
+        assert room.publish("exam/site01/room102/status", retain=True) == NOT_AUTHORIZED
+        assert room.publish("exam/site01/room102/event/note") == NOT_AUTHORIZED
+        assert room.publish("exam/site01/room101/cmd/ping") == NOT_AUTHORIZED  # only the aggregator commands
+        assert room.publish("exam/site01/broadcast/cmd/ping") == NOT_AUTHORIZED
+        assert room.publish("exam/site02/room101/status") == NOT_AUTHORIZED
+        assert room.publish("exam/site01/room101/status") in ACCEPTED  # still connected and allowed
+
+
+def test_client_without_certificate_is_refused(site: Site) -> None:
+    anon = Client(site, None)
+    try:
+        anon.c.connect("127.0.0.1", site.port, keepalive=10)
+        anon.c.loop_start()
+        assert anon.gone.wait(5) or anon.connack is None
+    except (ssl.SSLError, OSError):
+        pass  # refused during the handshake: also a refusal
+    finally:
+        anon.c.loop_stop()
+    assert anon.connack is None or anon.connack.is_failure
+
+
+def test_aggregator_commands_reach_only_their_room(site: Site) -> None:
+    with Client(site, "aggregator") as agg, Client(site, "site01-room101") as r101, \
+            Client(site, "site01-room102") as r102:
+        r101.subscribe("exam/site01/room101/cmd/+", "exam/site01/broadcast/cmd/+")
+        r102.subscribe("exam/site01/room101/cmd/+", "exam/site01/broadcast/cmd/+")  # the first is denied
+        assert agg.publish("exam/site01/room101/cmd/selftest", b'{"n":1}') in ACCEPTED
+        assert agg.publish("exam/site01/broadcast/cmd/ping", b'{"n":2}') in ACCEPTED
+        got = r101.wait_for(on("exam/site01/broadcast/cmd/ping"))
+        assert [m.topic for m in got] == ["exam/site01/room101/cmd/selftest", "exam/site01/broadcast/cmd/ping"]
+        # the broadcast came after room101's command: had room102 been allowed it, it would be here
+        got = r102.wait_for(on("exam/site01/broadcast/cmd/ping"))
+        assert [m.topic for m in got] == ["exam/site01/broadcast/cmd/ping"]
+        assert agg.publish("exam/site01/room101/status") == NOT_AUTHORIZED  # reads rooms, does not forge them
+
+
+def test_make_configs_renders_checked_bundles(site: Site, tmp_path: Path) -> None:
+    out = tmp_path / "bundles"
+    run(sys.executable, CONFIGS, "--pki", site.pki, "--site", SITE, "--broker-host", "127.0.0.1",
+        "--broker-port", site.port, "--out", out)
+    rooms = [line.split(",")[0] for line in
+             (REPO / "deploy/fleet/rooms.example.csv").read_text(encoding="utf-8").splitlines()[1:] if line]
+    assert sorted(p.name for p in out.iterdir()) == sorted(rooms)
+    for room in rooms:
+        cfg = load(out / room / "agent.toml")  # agent.config.parse, paths resolved in the bundle
+        assert cfg.room["id"] == room and cfg.site["id"] == SITE
+        assert cfg.mqtt["tls_cert"] == str(out / room / "tls/room.crt")
+        assert (out / room / "tls/room.key").stat().st_mode & 0o777 == 0o600
+        assert cfg.checkin["seatplan"] == str(out / room / "seatplan.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("room,label,seatplan,hostname\nbroadcast,x,"
+                   f"{REPO}/deploy/fleet/seatplans/room101.csv,h1\n", encoding="utf-8")
+    r = subprocess.run([sys.executable, str(CONFIGS), "--csv", str(bad), "--pki", str(site.pki), "--site",
+                        SITE, "--broker-host", "127.0.0.1", "--out", str(tmp_path / "b2")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "broadcast" in r.stderr
+
+
+def test_real_agent_over_tls(site: Site, tmp_path: Path) -> None:
+    out = tmp_path / "bundles"
+    run(sys.executable, CONFIGS, "--pki", site.pki, "--site", SITE, "--broker-host", "127.0.0.1",
+        "--broker-port", site.port, "--out", out)
+    cfg = out / "room101" / "agent.toml"
+    text = cfg.read_text(encoding="utf-8")
+    for old, new in (("/var/lib/examroom", str(tmp_path / "state")),
+                     ("/run/examroom/agent.sock", str(tmp_path / "agent.sock")),
+                     ('listen = "127.0.0.1:9108"', 'listen = ""'),
+                     ("interval_s = 10", "interval_s = 0.5")):
+        assert old in text, old
+        text = text.replace(old, new)
+    cfg.write_text(text, encoding="utf-8")
+    (tmp_path / "state").mkdir()
+    agent = AgentProcess(cfg, tmp_path / "agent.sock")
+    try:
+        with Client(site, "aggregator") as agg:
+            agg.subscribe(f"exam/{SITE}/#")
+            agent.start()
+            online = lambda ms: [m for m in ms if m.topic == "exam/site01/room101/status"  # noqa: E731
+                                 and b'"online"' in m.payload]
+            agg.wait_for(online)
+            seq = agent.call("note", text="installed over TLS", author="deploy-test")["seq"]
+            agg.wait_for(lambda ms: [m for m in ms if m.topic == "exam/site01/room101/event/note"
+                                     and f'"seq":{seq}'.encode() in m.payload])
+            agg.wait_for(on("exam/site01/room101/heartbeat"))
+        with Client(site, "ops") as late:  # a late subscriber gets the retained birth
+            late.subscribe("exam/site01/+/status")
+            got = late.wait_for(online)
+            assert got[0].retain
+        assert agent.terminate() == 0
+    finally:
+        agent.kill()
