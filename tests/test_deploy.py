@@ -293,3 +293,27 @@ def test_real_agent_over_tls(site: Site, tmp_path: Path) -> None:
         assert agent.terminate() == 0
     finally:
         agent.kill()
+
+
+def test_install_stages_config_and_refuses_a_bad_bundle(site: Site, tmp_path: Path) -> None:
+    """install.sh --destdir: never this machine's /etc or systemd. A bad bundle leaves the old config."""
+    out = tmp_path / "bundles"
+    run(sys.executable, CONFIGS, "--pki", site.pki, "--site", SITE, "--broker-host", "127.0.0.1",
+        "--out", out)
+    dest = tmp_path / "root"
+    env = {**os.environ, "PYTHON": sys.executable}
+    install = [str(REPO / "deploy/install.sh"), "--destdir", str(dest), "--config-only"]
+    r = subprocess.run([*install, str(out / "room101")], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    etc = dest / "etc/examroom"
+    modes = {p.relative_to(etc).as_posix(): p.stat().st_mode & 0o777 for p in etc.rglob("*")}
+    assert modes == {"agent.toml": 0o640, "seatplan.csv": 0o640, "tls": 0o750, "tls/ca.crt": 0o644,
+                     "tls/room.crt": 0o640, "tls/room.key": 0o640}
+    assert load(etc / "agent.toml").mqtt["tls_key"] == str(etc / "tls/room.key")
+    assert (dest / "etc/systemd/system/examroom-agent.service").is_file()
+    bad = tmp_path / "bad"
+    shutil.copytree(out / "room102", bad)
+    (bad / "agent.toml").write_text((bad / "agent.toml").read_text().replace('"room102"', '"room 102"'))
+    r = subprocess.run([*install, str(bad)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "left as it was" in r.stderr
+    assert load(etc / "agent.toml").room["id"] == "room101"
