@@ -27,11 +27,11 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False, indent=2))
 
 
-def _call(args: argparse.Namespace, cmd: str, **kw: Any) -> dict[str, Any]:
+def _call(args: argparse.Namespace, cmd: str, timeout: float = 30.0, **kw: Any) -> dict[str, Any]:
     from agent.control import call
 
     cfg = _load(args.config)
-    return call(cfg.control["socket"], cmd, **kw)
+    return call(cfg.control["socket"], cmd, timeout=timeout, **kw)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -118,12 +118,15 @@ def cmd_selftest(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from agent.watch import watch
 
+    tls = {"ca": args.cafile, "cert": args.cert, "key": args.key}
     if args.config:
         cfg = _load(args.config)
         host, port, prefix = cfg.mqtt["host"], cfg.mqtt["port"], cfg.mqtt["topic_prefix"]
+        tls = {"ca": args.cafile or cfg.mqtt["tls_ca"], "cert": args.cert or cfg.mqtt["tls_cert"],
+               "key": args.key or cfg.mqtt["tls_key"]}
     else:
         host, port, prefix = args.host, args.port, args.prefix
-    return watch(host, port, prefix, raw=args.raw, duration=args.duration)
+    return watch(host, port, prefix, raw=args.raw, duration=args.duration, tls=tls)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefix", default="exam")
     sp.add_argument("--raw", action="store_true", help="print topic and payload as received")
     sp.add_argument("--duration", type=float, help="stop after this many seconds")
+    sp.add_argument("--cafile", help="CA certificate of a TLS broker")
+    sp.add_argument("--cert", help="client certificate (aggregator/ops) for a TLS broker")
+    sp.add_argument("--key", help="its private key")
     sp.set_defaults(fn=cmd_watch)
     from agent import cli_exam
 

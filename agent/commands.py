@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REMOTE = frozenset({"ping", "status", "note", "selftest"})
+REMOTE = frozenset({"ping", "status", "note", "selftest", "snapshot", "audio_switch", "trial_listening"})
 MAX_NOTE = 2000
 
 

@@ -225,6 +225,26 @@ def _check_devices(tables: Any, file: str, base_dir: Path,
     return devices
 
 
+def _check_tls(mq: dict[str, Any], file: str) -> list[Problem]:
+    """Load the TLS files as the uplink will, so a wrong key fails here (exit 2, no restart
+    loop under systemd) rather than on every start of the service."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    try:
+        if mq.get("tls_ca"):
+            ctx.load_verify_locations(mq["tls_ca"])
+    except (ssl.SSLError, OSError) as e:
+        return [Problem(file, "mqtt.tls_ca", f"expected a readable PEM CA certificate ({e})", mq["tls_ca"])]
+    try:
+        if mq.get("tls_cert"):
+            ctx.load_cert_chain(mq["tls_cert"], mq["tls_key"])
+    except (ssl.SSLError, OSError) as e:
+        return [Problem(file, "mqtt.tls_key", f"expected the readable private key of tls_cert ({e})",
+                        mq["tls_key"])]
+    return []
+
+
 def parse(text: str, file: str) -> Config:
     """Parse and check a config text; raises ConfigError with every problem found."""
     try:
@@ -249,6 +269,8 @@ def parse(text: str, file: str) -> Config:
     for key in ("tls_ca", "tls_cert", "tls_key"):
         if mq.get(key) and not Path(mq[key]).is_file():
             problems.append(Problem(file, f"mqtt.{key}", "expected an existing file", mq[key]))
+    if not problems:
+        problems.extend(_check_tls(mq, file))
     devices = _check_devices(raw.get("device", []), file, base_dir, problems)
     exams = raw.get("exam", [])
     schedule = None

@@ -122,8 +122,8 @@ class Agent:
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
         self.spool.open()
+        self.room.start()     # listeners before devices: nothing a device says at start is lost
         self.devices.start()
-        self.room.start()
         self.uplink.start()
         self.control.start()
         listen = self.config.metrics["listen"]

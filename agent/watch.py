@@ -61,7 +61,10 @@ def describe(topic: str, payload: dict[str, Any], last_seq: dict[str, int]) -> s
     return f"{room:<18} {what:<9} {_short(payload)}"
 
 
-def watch(host: str, port: int, prefix: str, raw: bool = False, duration: float | None = None) -> int:
+def watch(host: str, port: int, prefix: str, raw: bool = False, duration: float | None = None,
+          tls: dict[str, str] | None = None) -> int:
+    """``tls``: ca/cert/key file paths for a TLS-only site broker (an aggregator or ops
+    certificate: a room's own certificate may read only its commands)."""
     last_seq: dict[str, int] = {}
     done = threading.Event()
 
@@ -88,6 +91,9 @@ def watch(host: str, port: int, prefix: str, raw: bool = False, duration: float 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.on_connect = on_connect
     client.on_message = on_message
+    if tls and any(tls.values()):
+        client.tls_set(ca_certs=tls.get("ca") or None, certfile=tls.get("cert") or None,
+                       keyfile=tls.get("key") or None)
     try:
         client.connect(host, port, keepalive=30)
     except OSError as e:

@@ -73,7 +73,7 @@ def test_minimal_config_fills_defaults(tmp_path: Path) -> None:
 def test_relative_paths_resolve_against_config_dir(tmp_path: Path, monkeypatch) -> None:
     conf_dir = tmp_path / "etc"
     conf_dir.mkdir()
-    (conf_dir / "ca.pem").write_text("x")
+    make_pem_pair(conf_dir, "ca")
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # paths must not depend on where the agent was started
@@ -278,12 +278,34 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
     assert pr.value == str(tmp_path / "keys" / "key.pem")  # resolved, so the person sees where we looked
 
 
+def make_pem_pair(d: Path, name: str) -> None:
+    """A real self-signed certificate and its key: the config loads them as the uplink will."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(d / f"{name}-key.pem"), "-out", str(d / f"{name}.pem"),
+                    "-subj", f"/CN={name}", "-days", "1"], check=True, capture_output=True)
+
+
 def test_tls_all_present_ok(tmp_path: Path) -> None:
-    for f in ("ca.pem", "cert.pem", "key.pem"):
-        (tmp_path / f).write_text("x")
-    body = 'tls_ca = "ca.pem"\ntls_cert = "cert.pem"\ntls_key = "key.pem"'
+    make_pem_pair(tmp_path, "ca")
+    make_pem_pair(tmp_path, "cert")
+    body = 'tls_ca = "ca.pem"\ntls_cert = "cert.pem"\ntls_key = "cert-key.pem"'
     cfg = config.load(write(tmp_path, with_section("mqtt", body)))
-    assert cfg.mqtt["tls_key"] == str(tmp_path / "key.pem")
+    assert cfg.mqtt["tls_key"] == str(tmp_path / "cert-key.pem")
+
+
+def test_tls_key_of_another_cert_is_refused(tmp_path: Path) -> None:
+    make_pem_pair(tmp_path, "cert")
+    make_pem_pair(tmp_path, "other")
+    body = 'tls_cert = "cert.pem"\ntls_key = "other-key.pem"'
+    _, problems = problems_of(tmp_path, with_section("mqtt", body))
+    pr = only(problems, "mqtt.tls_key")
+    assert "private key of tls_cert" in pr.message and pr.value == str(tmp_path / "other-key.pem")
+
+
+def test_tls_ca_not_a_certificate(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    _, problems = problems_of(tmp_path, with_section("mqtt", 'tls_ca = "ca.pem"'))
+    assert "PEM CA certificate" in only(problems, "mqtt.tls_ca").message
 
 
 # -- [[device]] -------------------------------------------------------------------------

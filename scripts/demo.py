@@ -1,0 +1,210 @@
+"""The README's demo: one simulated exam room, a local Mosquitto, and the aggregator's live view.
+
+It starts a private broker (unless --port names a running one), runs the real
+agent on config/demo.toml with a compressed exam timeline (entry now, start in
+20 s, late cutoff 15 s after, a listening window, the end a minute later), and
+walks candidates through the door with the same `sim` commands a person can
+type. Everything printed after "watching" is what the aggregator receives.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agent.control import AgentNotRunning, call  # noqa: E402
+from agent.localbroker import Broker  # noqa: E402
+from agent.watch import watch  # noqa: E402
+
+TZ = timezone(timedelta(hours=8))  # exam sites keep Beijing time
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m▶ {text}\033[0m", flush=True)
+
+
+def exam_block(now: float) -> tuple[str, dict[str, float]]:
+    """A session compressed into ~90 s so every phase of exam day shows up."""
+    t = {"start": now + 20, "cutoff": now + 35, "listen_start": now + 45, "listen_end": now + 75,
+         "end": now + 85}
+
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, TZ).isoformat(timespec="seconds")
+
+    return (f'[[exam]]\nid = "demo-eng"\nsubject = "English (demo)"\nstart = {iso(t["start"])}\n'
+            f'end = {iso(t["end"])}\nentry_before_min = 0.5\nlate_cutoff_min = 0.25\n'
+            f'listening = [{{ start = {iso(t["listen_start"])}, end = {iso(t["listen_end"])} }}]\n'), t
+
+
+def write_config(state: Path, port: int, now: float) -> tuple[Path, dict[str, float]]:
+    text = (ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^port = \d+$", f"port = {port}", text, count=1)
+    text = text.replace('"demo-state/', f'"{state}/').replace('"demo-seatplan.csv"',
+                                                                f'"{ROOT / "config" / "demo-seatplan.csv"}"')
+    text = text.replace("/tmp/examroom-demo-snapshots", str(state / "snapshots"))
+    head, _, _ = text.partition("# --- exam:")
+    block, times = exam_block(now)
+    cfg = state / "demo.toml"
+    cfg.write_text(head + block, encoding="utf-8")
+    return cfg, times
+
+
+class Room:
+    """Drives the simulated room through the control socket, as a person would with the CLI."""
+
+    def __init__(self, sock: str) -> None:
+        self.sock = sock
+
+    def do(self, cmd: str, **args) -> dict:
+        reply = call(self.sock, cmd, **args)
+        if not reply.get("ok"):
+            print(f"  (agent answered: {reply.get('error')})", flush=True)
+        return reply
+
+    def sim(self, *words: str) -> dict:
+        return self.do("sim", words=list(words))
+
+    def tap_id(self, id_number: str, name: str = "") -> None:
+        self.sim("card", id_number, *([name] if name else []))
+        time.sleep(1.0)  # the reader polls every 0.3 s; then the card is lifted
+        self.sim("idcard", "remove")
+        time.sleep(0.6)
+
+    def sweep(self, alarm: bool = False, recheck: bool = False) -> None:
+        if alarm:
+            self.sim("alarm", "on")
+            time.sleep(0.3)
+            self.sim("alarm", "off")
+        if recheck:
+            self.sim("button", "recheck")
+            time.sleep(0.4)
+        self.sim("button", "clear")
+        time.sleep(0.5)
+
+
+def wait_until(ts: float) -> None:
+    while time.time() < ts:
+        time.sleep(min(0.2, max(ts - time.time(), 0)))
+
+
+def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
+    say("Entry is open. Candidates show admission ticket + ID card, then a metal-detector sweep.")
+    for seat in (1, 2, 3):
+        say(f"Seat {seat}: taps the second-generation ID card, sweep clear")
+        room.tap_id(ids[seat])
+        room.sweep()
+    say("Seat 5: the detector beeps; re-check with the hand-held, then clear")
+    room.tap_id(ids[5])
+    room.sweep(alarm=True, recheck=True)
+    say("Seat 7: registered implant (medical_metal): the alarm is expected and logged as such")
+    room.tap_id(ids[7])
+    room.sweep(alarm=True)
+    say("Seat 8: a campus card (PC/SC UID) instead of the ID card")
+    room.sim("card", "04A1B2C3D408")
+    time.sleep(0.8)
+    room.sim("campus-card", "remove")
+    room.sweep()
+    say("A candidate of another room taps in here: refused (not_in_room)")
+    room.tap_id("110105199003070017")
+    say("Seat 9: the card will not read; the proctor admits by the last 6 ID digits")
+    room.do("checkin_admit", id_last6=ids[9][-6:], proctor="proctor-A")
+    room.sweep()
+    say("Seat 10: photo does not match well: marked suspect (存疑), snapshot taken; two proctors confirm")
+    room.tap_id(ids[10])
+    room.do("checkin_suspect", seat="10", proctor="proctor-A", reason="photo unclear")
+    room.do("checkin_confirm", seat="10", proctor="proctor-A")
+    room.do("checkin_confirm", seat="10", proctor="proctor-B")
+    room.sweep()
+    say("Somebody hangs a coat over the camera: the room turns to ALERT; then it is uncovered")
+    room.sim("camera", "black")
+    time.sleep(3)
+    room.sim("camera", "normal")
+    say(f"Waiting for the start signal and the late cutoff at {datetime.fromtimestamp(times['cutoff']):%H:%M:%S}"
+        " — the attendance summary follows")
+    wait_until(times["cutoff"] + 2)
+    say("Seat 12 arrives after the cutoff: refused and recorded (late_refused)")
+    room.tap_id(ids[12])
+    say("The listening part starts; the broadcast feed drops out for 4 s: an incident; "
+        "the agent switches to the backup source")
+    wait_until(times["listen_start"] + 3)
+    room.sim("broadcast", "silence")
+    time.sleep(6)
+    room.sim("broadcast", "level", "-20")
+    say(f"End of the session at {datetime.fromtimestamp(times['end']):%H:%M:%S}: the session record is published "
+        "and written for the room record card")
+    wait_until(times["end"] + 3)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--port", type=int, help="use a running broker on 127.0.0.1:PORT instead of starting one")
+    ap.add_argument("--duration", type=float, default=None,
+                    help="stop this many seconds after the scenario (default: run until Ctrl-C)")
+    args = ap.parse_args()
+    state = ROOT / "demo-state"
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir()
+    broker = None
+    if args.port is None:
+        broker = Broker(state / "broker").start()
+        port = broker.port
+        print(f"started a private Mosquitto on 127.0.0.1:{port}")
+    else:
+        port = args.port
+    cfg, times = write_config(state, port, time.time())
+    log = open(state / "agent.log", "w")
+    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    threading.Thread(target=watch, args=("127.0.0.1", port, "exam"), daemon=True).start()
+    sock = str(state / "agent.sock")
+    try:
+        deadline = time.time() + 20
+        while True:
+            try:
+                call(sock, "ping", timeout=1)
+                break
+            except AgentNotRunning:
+                if agent.poll() is not None or time.time() > deadline:
+                    print(f"the agent did not start; see {state / 'agent.log'}", file=sys.stderr)
+                    return 1
+                time.sleep(0.1)
+        print(f"agent running: config {cfg}, log {state / 'agent.log'}")
+        print(f"try in another terminal: .venv/bin/examroom-agent status -c {cfg}")
+        scenario(Room(sock), _ids(), times)
+        records = sorted((state / "records").glob("*"))
+        say("Room record files for the proctors: " + ", ".join(str(p) for p in records))
+        say("The room keeps reporting its heartbeat" + (" (Ctrl-C to stop)" if args.duration is None else ""))
+        if args.duration is None:
+            while agent.poll() is None:
+                time.sleep(1)
+        else:
+            time.sleep(args.duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        agent.terminate()
+        agent.wait(15)
+        time.sleep(0.3)  # let the view print the clean "offline" status
+        if broker is not None:
+            broker.kill()
+    return 0
+
+
+def _ids() -> dict[int, str]:
+    import csv
+
+    with open(ROOT / "config" / "demo-seatplan.csv", encoding="utf-8") as f:
+        return {int(r["seat"]): r["id_number"] for r in csv.DictReader(f)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
