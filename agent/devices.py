@@ -6,6 +6,7 @@ library or absent hardware is a device state, never a crash of the agent.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -27,16 +28,32 @@ class Devices:
         self.clock = clock
         self.drivers: dict[str, Driver] = {}
 
+    def _backend(self, dc: DeviceConfig) -> str:
+        """``EXAMROOM_BACKEND=sim`` runs a production config on simulated hardware (a dry run on a
+        laptop, a training room), like gpiozero's GPIOZERO_PIN_FACTORY; said loudly, never silently."""
+        forced = os.environ.get("EXAMROOM_BACKEND", "")
+        if not forced or forced == dc.backend:
+            return dc.backend
+        if forced not in drivers.backends(dc.kind):
+            log.warning("EXAMROOM_BACKEND=%s has no %s driver: device %s keeps backend %s",
+                        forced, dc.kind, dc.name, dc.backend)
+            return dc.backend
+        log.warning("EXAMROOM_BACKEND=%s: device %s runs on %s instead of the configured %s",
+                    forced, dc.name, forced, dc.backend)
+        return forced
+
     def start(self) -> None:
         for dc in self.configs:
-            cls = drivers.driver_class(dc.kind, dc.backend)
-            drv = cls(dc.name, dict(dc.options), self.bus, self.clock)
+            backend = self._backend(dc)
+            cls = drivers.driver_class(dc.kind, backend)
+            options = {k: o.default for k, o in cls.options.items()} | dict(dc.options)
+            drv = cls(dc.name, options, self.bus, self.clock)
             self.drivers[dc.name] = drv
             try:
                 drv.start()
             except Exception:  # a driver bug must not keep the room offline
-                log.exception("device %s (%s/%s) failed to start", dc.name, dc.kind, dc.backend)
-            log.info("device %s (%s/%s): %s", dc.name, dc.kind, dc.backend, self._status(drv).state)
+                log.exception("device %s (%s/%s) failed to start", dc.name, dc.kind, backend)
+            log.info("device %s (%s/%s): %s", dc.name, dc.kind, backend, self._status(drv).state)
 
     def stop(self) -> None:
         for name, drv in reversed(list(self.drivers.items())):

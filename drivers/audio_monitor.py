@@ -252,7 +252,7 @@ class AudioMonitor(Driver):
     def status(self) -> DeviceStatus:
         with self._lock:
             lv = self.levels()
-            details = {k: lv[k] for k in ("state", "rms_dbfs", "peak_dbfs", "source")}
+            details = {"feed": lv["state"], **{k: lv[k] for k in ("rms_dbfs", "peak_dbfs", "source")}}
             if self._state != OK:
                 return DeviceStatus(self._state, self._reason, details)
             if self._relay_error:

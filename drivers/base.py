@@ -54,7 +54,8 @@ class DeviceStatus:
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "reason": self.reason, **self.details}
+        # details never override the device's state and reason (the aggregator keys on them)
+        return {**self.details, "state": self.state, "reason": self.reason}
 
 
 @dataclass(frozen=True)

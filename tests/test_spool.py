@@ -56,7 +56,7 @@ def test_append_returns_increasing_seq_and_event(spool: Spool) -> None:
 
 
 def test_read_batch_in_seq_order_with_after_and_limit(spool: Spool) -> None:
-    seqs = [spool.append("audio" if i % 2 else "note", {"i": i}, 1, True).seq for i in range(10)]
+    seqs = [spool.append("device" if i % 2 else "note", {"i": i}, 1, True).seq for i in range(10)]
     batch = spool.read_batch()
     assert [e.seq for e in batch] == seqs
     assert [e.data["i"] for e in batch] == list(range(10))
@@ -83,7 +83,7 @@ def test_ack_deletes_only_given_seqs(spool: Spool) -> None:
 
 
 def test_ack_many_in_chunks(spool: Spool) -> None:
-    seqs = [spool.append("audio", {"i": i}, 1, True).seq for i in range(1200)]
+    seqs = [spool.append("device", {"i": i}, 1, True).seq for i in range(1200)]
     assert spool.ack(seqs[:1100]) == 1100
     assert [e.seq for e in spool.read_batch(limit=1000)] == seqs[1100:]
 
@@ -134,7 +134,7 @@ def test_depth_counts_bytes_and_oldest_age(spool: Spool) -> None:
     assert spool.depth() == {"events": 0, "bytes": 0, "oldest_age_s": 0.0,
                              "overfull": False, "dropped": {}}
     a = spool.append("note", {"t": "old"}, 1, True, now=time.time() - 100)
-    b = spool.append("audio", {"rms": -20}, 1, True)
+    b = spool.append("device", {"rms": -20}, 1, True)
     d = spool.depth()
     assert d["events"] == 2
     assert d["bytes"] == a.size + b.size
@@ -160,19 +160,19 @@ def test_depth_survives_reopen(spool_path: Path) -> None:
 # -- the bound ----------------------------------------------------------------------------------
 
 def test_full_spool_drops_telemetry_oldest_first(spool_path: Path) -> None:
-    one = size_of("audio", {"i": 0})
+    one = size_of("device", {"i": 0})
     s = opened(spool_path, max_bytes=one * 5)
     try:
-        seqs = [s.append("audio", {"i": i}, 1, True).seq for i in range(5)]
+        seqs = [s.append("device", {"i": i}, 1, True).seq for i in range(5)]
         assert s.depth()["bytes"] == one * 5
         # two more: the two oldest go
         for i in (5, 6):
-            assert s.append("audio", {"i": i}, 1, True) is not None
+            assert s.append("device", {"i": i}, 1, True) is not None
         kept = s.read_batch()
         assert [e.data["i"] for e in kept] == [2, 3, 4, 5, 6]
         assert kept[0].seq == seqs[2]
         d = s.depth()
-        assert d["dropped"] == {"audio": 2}
+        assert d["dropped"] == {"device": 2}
         assert d["overfull"] is False
         assert d["bytes"] <= s.max_bytes
     finally:
@@ -180,12 +180,12 @@ def test_full_spool_drops_telemetry_oldest_first(spool_path: Path) -> None:
 
 
 def test_evidence_evicts_telemetry_then_overflows_never_dropped(spool_path: Path) -> None:
-    assert is_evidence("note") and is_evidence("checkin") and not is_evidence("audio")
-    tele = size_of("audio", {"i": 0})
+    assert is_evidence("note") and is_evidence("checkin") and not is_evidence("device")
+    tele = size_of("device", {"i": 0})
     s = opened(spool_path, max_bytes=tele * 4)
     try:
         for i in range(4):
-            s.append("audio", {"i": i}, 1, True)
+            s.append("device", {"i": i}, 1, True)
         notes = []
         for i in range(8):
             kind = "note" if i % 2 else "checkin"
@@ -194,17 +194,17 @@ def test_evidence_evicts_telemetry_then_overflows_never_dropped(spool_path: Path
             notes.append(ev.seq)
         d = s.depth()
         kinds = [e.kind for e in s.read_batch()]
-        assert "audio" not in kinds                  # all telemetry made way
+        assert "device" not in kinds                  # all telemetry made way
         assert [e.seq for e in s.read_batch()] == notes  # every piece of evidence kept
-        assert d["dropped"] == {"audio": 4}
+        assert d["dropped"] == {"device": 4}
         assert d["overfull"] is True
         assert d["bytes"] > s.max_bytes
         # telemetry is refused (and counted) while evidence fills the spool
-        assert s.append("audio", {"i": 99}, 1, True) is None
-        assert s.depth()["dropped"] == {"audio": 5}
+        assert s.append("device", {"i": 99}, 1, True) is None
+        assert s.depth()["dropped"] == {"device": 5}
         assert [e.seq for e in s.read_batch()] == notes
         # nothing evidence-like is ever counted as dropped
-        assert set(s.depth()["dropped"]) == {"audio"}
+        assert set(s.depth()["dropped"]) == {"device"}
     finally:
         s.close()
 
@@ -247,7 +247,7 @@ from agent.spool import Spool
 s = Spool(sys.argv[1])
 s.open()
 for i in range(int(sys.argv[2])):
-    ev = s.append("note" if i % 3 else "audio", {"i": i, "pad": "x" * 200}, 1, False)
+    ev = s.append("note" if i % 3 else "device", {"i": i, "pad": "x" * 200}, 1, False)
     print(ev.seq, flush=True)
 """
 
