@@ -22,7 +22,10 @@ def free_port() -> int:
 
 class Broker:
     def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "",
-                 persistence: bool = False) -> None:
+                 persistence: bool = False, conf: str | None = None) -> None:
+        """``conf``: a whole mosquitto.conf to run as is (e.g. the site's TLS config) instead
+        of the generated plain listener on ``port``."""
+        self.conf = conf
         self.workdir = workdir
         self.port = port or free_port()
         self.extra_conf = extra_conf
@@ -35,10 +38,11 @@ class Broker:
             raise RuntimeError("mosquitto is not installed: run scripts/setup.sh (Debian package mosquitto)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence {'true' if self.persistence else 'false'}\npersistence_location {self.workdir}/\n"
-            f"{'user root' if os.geteuid() == 0 else ''}\n{self.extra_conf}\n")
+        generated = (f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                     f"persistence {'true' if self.persistence else 'false'}\n"
+                     f"persistence_location {self.workdir}/\n"
+                     f"{'user root' if os.geteuid() == 0 else ''}\n{self.extra_conf}\n")
+        conf.write_text(self.conf if self.conf is not None else generated)
         log = open(self.workdir / "mosquitto.log", "ab")
         self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=log)
         deadline = time.monotonic() + 10

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import load
-from agent.localbroker import free_port
+from agent.localbroker import Broker, free_port
 from tests.agentproc import AgentProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +45,7 @@ class Site:
         self.root = root
         self.pki = root / "pki"
         self.port = free_port()
-        self.proc: subprocess.Popen | None = None
+        self.broker: Broker | None = None
 
     def make(self) -> "Site":
         run("bash", PKI, self.pki, "init", SITE, "localhost", "127.0.0.1")
@@ -71,27 +69,11 @@ class Site:
         return self
 
     def start(self) -> "Site":
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not os.path.exists(exe):
-            pytest.skip("mosquitto is not installed (scripts/setup.sh)")
-        log = open(self.root / "mosquitto.log", "ab")
-        self.proc = subprocess.Popen([exe, "-c", str(self.root / "mosquitto.conf")], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10
-
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {(self.root / 'mosquitto.log').read_text()[-800:]}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.01)  # polling a port: there is no event to wait on
-        raise RuntimeError("mosquitto did not start listening")
+        self.broker = Broker(self.root, self.port, conf=(self.root / "mosquitto.conf").read_text()).start()
+        return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        self.broker.stop()
 
     def cert(self, cn: str) -> tuple[str, str]:
         return str(self.pki / "certs" / f"{cn}.crt"), str(self.pki / "private" / f"{cn}.key")
