@@ -67,9 +67,11 @@ def test_notes_while_connected(make_agent, watcher: Watcher) -> None:
     assert all(not n["replayed"] and n["kind"] == "note" and n["data"]["author"] == "tech" for n in notes)
     assert len({n["id"] for n in notes}) == 5
     assert notes[0]["ts"][-6] in "+-"  # ISO 8601 with an offset
-    # the spool empties once the broker acknowledged
-    st = agent.call("status")
-    assert st["spool"]["events"] == 0 and st["broker"]["connected"]
+    # the spool empties once the broker acknowledged: a later heartbeat says so
+    n = len(watcher.on("heartbeat"))
+    watcher.wait_for(lambda ms: [m for m in ms if m.topic.endswith("/heartbeat")][n:]
+                     and [m for m in ms if m.topic.endswith("/heartbeat")][-1].json["spool"]["events"] == 0)
+    assert agent.call("status")["broker"]["connected"]
 
 
 def test_outage_replays_in_order(tmp_path: Path) -> None:
