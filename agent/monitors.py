@@ -108,9 +108,16 @@ class CameraWatch:
 
 
 class ClockWatch:
-    def __init__(self, emit: Emit) -> None:
+    """A step of the wall clock during a session goes on the session record: times in the
+    record before and after it are not comparable without knowing it happened."""
+
+    def __init__(self, emit: Emit, record: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.emit = emit
+        self.record = record
 
     def on_clock(self, ev: ClockState) -> None:
-        self.emit("clock", {"device": ev.device, "synced": ev.synced, "offset_s": ev.offset_s,
-                            "source": ev.source, "stepped_s": ev.stepped_s})
+        data = {"device": ev.device, "synced": ev.synced, "offset_s": ev.offset_s,
+                "source": ev.source, "stepped_s": ev.stepped_s}
+        self.emit("clock", data)
+        if ev.stepped_s is not None and self.record is not None:
+            self.record({"type": "clock_step", "time": iso_now(ev.ts), **data})

@@ -72,7 +72,7 @@ class Room:
         a.bus.subscribe(AudioSourceSwitched, self.audio.on_switch)
         a.bus.subscribe(AudioLevels, self._on_levels)
         a.bus.subscribe(CameraHealth, CameraWatch(a.emit).on_health)
-        a.bus.subscribe(ClockState, ClockWatch(a.emit).on_clock)
+        a.bus.subscribe(ClockState, ClockWatch(a.emit, self.station.add_incident if self.station else None).on_clock)
         a.bus.subscribe(ClockState, self._on_clock_metric)
         a.bus.subscribe(DeviceStateChanged, self._on_device)
         a.bus.subscribe(ReaderGarbage, self._on_garbage)

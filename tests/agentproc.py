@@ -12,7 +12,8 @@ from agent.control import AgentNotRunning, call
 
 
 def write_config(tmp: Path, port: int, room: str = "room101", extra: str = "",
-                 heartbeat_s: float = 0.5, max_bytes: int = 64 * 1024 * 1024) -> Path:
+                 heartbeat_s: float = 0.5, max_bytes: int = 64 * 1024 * 1024,
+                 metrics_listen: str = "") -> Path:
     cfg = tmp / f"{room}.toml"
     cfg.write_text(f"""
 schema_version = 1
@@ -36,7 +37,7 @@ interval_s = {heartbeat_s}
 [control]
 socket = "{tmp}/{room}.sock"
 [metrics]
-listen = ""
+listen = "{metrics_listen}"
 [checkin]
 record_dir = "{tmp}/records"
 journal = "{tmp}/{room}-checkin.journal"
