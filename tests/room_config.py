@@ -10,14 +10,22 @@ port and every state path (spool, socket, journal, records, snapshots).
 from __future__ import annotations
 
 import csv
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.agentproc import AgentProcess
+from tests.mqttwatch import Message, Watcher
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SEATPLAN = ROOT / "config" / "demo-seatplan.csv"
+BASE = "exam/site01/room101"  # topics of the room room_config() writes
 TZ = timezone(timedelta(hours=8))  # exam sites keep Beijing time; the agent must not care
 
 
@@ -174,3 +182,119 @@ entry_before_min = {(start - t["entry_opens"]) / 60!r}
 late_cutoff_min = {cutoff_after / 60!r}
 {listen}""", encoding="utf-8")
     return Room(cfg, sock, seatplan, records, snapshots, session, t, load_candidates(seatplan))
+
+
+# -- driving the room and waiting on what the aggregator receives ------------------------------
+
+def is_hb(m: Message) -> bool:
+    return m.topic == f"{BASE}/heartbeat" and m.json is not None
+
+
+class Door:
+    """The proctors at the door: every step returns when the room has seen it."""
+
+    def __init__(self, agent: AgentProcess, w: Watcher, room: Room) -> None:
+        self.agent, self.w, self.room = agent, w, room
+        self.cards_read = 0
+        self.alarms = 0
+        self.rechecks = 0
+        self.released: dict[str, float] = {}  # button -> when the sim lets go of it
+
+    def do(self, cmd: str, ok: bool = True, **args) -> dict:
+        reply = self.agent.call(cmd, **args)
+        assert reply.get("ok") is ok, (cmd, args, reply)
+        return reply
+
+    def sim(self, *words: str) -> dict:
+        return self.do("sim", words=list(words))
+
+    def next_event(self, kind: str, action, timeout: float = 10) -> dict:
+        n = len(self.w.events(kind))
+        action()
+        return self.w.wait_for(lambda _: len(self.w.events(kind)) > n and self.w.events(kind)[n], timeout)["data"]
+
+    def heartbeat_shows(self, device: str, pred, timeout: float = 10) -> None:
+        self.w.wait_for(lambda ms: any(pred(m.json["devices"][device]) for m in ms if is_hb(m)), timeout)
+
+    def tap_id(self, id_number: str, name: str = "") -> dict:
+        """Place the ID card, wait for the verdict, lift it and wait until the reader saw it go."""
+        data = self.next_event("checkin", lambda: self.sim("card", id_number, *([name] if name else [])))
+        self.cards_read += 1
+        self.sim("idcard", "remove")
+        n = self.cards_read
+        self.heartbeat_shows("idcard", lambda d: d["cards_read"] == n and not d["card_present"])
+        return data
+
+    def tap_uid(self, uid: str) -> dict:
+        data = self.next_event("checkin", lambda: self.sim("card", uid))
+        self.sim("campus-card", "remove")
+        return data
+
+    def alarm(self) -> None:
+        self.alarms += 1
+        n = self.alarms
+        self.sim("alarm", "on")
+        self.heartbeat_shows("detector", lambda d: d["alarms"] == n and d["alarm_active"])
+        self.sim("alarm", "off")
+        self.heartbeat_shows("detector", lambda d: d["alarms"] == n and not d["alarm_active"])
+
+    def press(self, button: str) -> None:
+        """A sim press holds the button `hold_s` and lets go on a timer; nothing reports the
+        release, so a second press of the same button is paced (a held button has no edge)."""
+        time.sleep(max(0.0, self.released.get(button, 0.0) - time.monotonic()))
+        hold = self.sim("button", button)["result"]["hold_s"]
+        self.released[button] = time.monotonic() + 2 * hold + 0.05
+
+    def recheck(self) -> None:
+        self.rechecks += 1
+        n = self.rechecks
+        self.press("recheck")
+        self.heartbeat_shows("detector", lambda d: d["presses"]["recheck"] == n)
+
+    def clear(self) -> dict:
+        return self.next_event("sweep", lambda: self.press("clear"))
+
+
+def kinds_after(w: Watcher, start: int, kind: str) -> list[dict]:
+    return [m.json["data"] for m in w.messages[start:] if m.topic == f"{BASE}/event/{kind}"]
+
+
+def status_after(w: Watcher, start: int, pred) -> dict | None:
+    return next((m.json for m in w.messages[start:] if m.topic == f"{BASE}/status" and pred(m.json)), None)
+
+
+def wait_status(w: Watcher, start: int, state: str, alert_part: str = "") -> dict:
+    return w.wait_for(lambda _: status_after(w, start, lambda s: s["state"] == state and (
+        not alert_part or any(alert_part in a for a in s.get("alerts", [])))))
+
+
+def wait_kind(w: Watcher, start: int, kind: str, pred=lambda d: True, timeout: float = 10) -> dict:
+    return w.wait_for(lambda _: next((d for d in kinds_after(w, start, kind) if pred(d)), None), timeout)
+
+
+def settled(w: Watcher) -> None:
+    """Online, and the events of the devices' start (spooled before the connection) arrived."""
+    wait_status(w, 0, "online")
+    wait_kind(w, 0, "clock")  # the clock starts last
+
+
+class Aggregator:
+    """Publishes commands as the site aggregator does; replies are read from the watcher."""
+
+    def __init__(self, port: int, w: Watcher) -> None:
+        self.w = w
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.n = 0
+
+    def call(self, name: str, args: dict | None = None, timeout: float = 10) -> dict:
+        self.n += 1
+        rid = f"req-{self.n}"
+        self.client.publish(f"{BASE}/cmd/{name}", json.dumps({"id": rid, "args": args or {}}), qos=1).wait_for_publish(5)
+        return self.w.wait_for(lambda ms: next((m.json for m in ms if m.topic == f"{BASE}/reply/{name}"
+                                                and (m.json or {}).get("request_id") == rid), None), timeout)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

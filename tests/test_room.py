@@ -17,87 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.localbroker import Broker
 from tests.agentproc import AgentProcess
-from tests.mqttwatch import Message, Watcher
-from tests.room_config import Room, room_config
+from tests.mqttwatch import Watcher
+from tests.room_config import (Aggregator, Door, Room, is_hb, kinds_after, room_config, settled,
+                               status_after, wait_kind, wait_status)
 
-BASE = "exam/site01/room101"
 NOT_IN_ROOM_ID = "110105199003070017"  # valid check digit, another room's candidate
 CLI = Path(sys.executable).parent / "examroom-agent"
-
-
-def is_hb(m: Message) -> bool:
-    return m.topic == f"{BASE}/heartbeat" and m.json is not None
-
-
-class Door:
-    """The proctors at the door: every step returns when the room has seen it."""
-
-    def __init__(self, agent: AgentProcess, w: Watcher, room: Room) -> None:
-        self.agent, self.w, self.room = agent, w, room
-        self.cards_read = 0
-        self.alarms = 0
-        self.rechecks = 0
-        self.released: dict[str, float] = {}  # button -> when the sim lets go of it
-
-    def do(self, cmd: str, ok: bool = True, **args) -> dict:
-        reply = self.agent.call(cmd, **args)
-        assert reply.get("ok") is ok, (cmd, args, reply)
-        return reply
-
-    def sim(self, *words: str) -> dict:
-        return self.do("sim", words=list(words))
-
-    def next_event(self, kind: str, action, timeout: float = 10) -> dict:
-        n = len(self.w.events(kind))
-        action()
-        return self.w.wait_for(lambda _: len(self.w.events(kind)) > n and self.w.events(kind)[n], timeout)["data"]
-
-    def heartbeat_shows(self, device: str, pred, timeout: float = 10) -> None:
-        self.w.wait_for(lambda ms: any(pred(m.json["devices"][device]) for m in ms if is_hb(m)), timeout)
-
-    def tap_id(self, id_number: str, name: str = "") -> dict:
-        """Place the ID card, wait for the verdict, lift it and wait until the reader saw it go."""
-        data = self.next_event("checkin", lambda: self.sim("card", id_number, *([name] if name else [])))
-        self.cards_read += 1
-        self.sim("idcard", "remove")
-        n = self.cards_read
-        self.heartbeat_shows("idcard", lambda d: d["cards_read"] == n and not d["card_present"])
-        return data
-
-    def tap_uid(self, uid: str) -> dict:
-        data = self.next_event("checkin", lambda: self.sim("card", uid))
-        self.sim("campus-card", "remove")
-        return data
-
-    def alarm(self) -> None:
-        self.alarms += 1
-        n = self.alarms
-        self.sim("alarm", "on")
-        self.heartbeat_shows("detector", lambda d: d["alarms"] == n and d["alarm_active"])
-        self.sim("alarm", "off")
-        self.heartbeat_shows("detector", lambda d: d["alarms"] == n and not d["alarm_active"])
-
-    def press(self, button: str) -> None:
-        """A sim press holds the button `hold_s` and lets go on a timer; nothing reports the
-        release, so a second press of the same button is paced (a held button has no edge)."""
-        time.sleep(max(0.0, self.released.get(button, 0.0) - time.monotonic()))
-        hold = self.sim("button", button)["result"]["hold_s"]
-        self.released[button] = time.monotonic() + 2 * hold + 0.05
-
-    def recheck(self) -> None:
-        self.rechecks += 1
-        n = self.rechecks
-        self.press("recheck")
-        self.heartbeat_shows("detector", lambda d: d["presses"]["recheck"] == n)
-
-    def clear(self) -> dict:
-        return self.next_event("sweep", lambda: self.press("clear"))
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +186,175 @@ def test_no_personal_data_leaves_the_box(checkin_run):
     assert leaks == []
     masked = [m for m in checkin_run["messages"] if "410105********001X" in m.raw.decode()]
     assert masked, "seat 1's masked ID number should be in its checkin events"
+
+
+# -- devices during the exam: one room per test, on the conftest broker and watcher ----------
+
+@pytest.fixture
+def start_room(tmp_path: Path, broker: Broker):
+    started: list[AgentProcess] = []
+
+    def start(**kw) -> tuple[Room, AgentProcess]:
+        room = room_config(tmp_path, broker.port, **kw)
+        started.append(AgentProcess(room.config, room.socket).start())
+        return room, started[-1]
+
+    yield start
+    for a in started:
+        a.kill()
+
+
+def test_audio_loss_during_listening_is_an_incident(start_room, watcher):
+    w = watcher
+    room, agent = start_room(start_in=1, cutoff_after=0.5, end_after=8, listening=(2.5, 6))
+    wait_kind(w, 0, "audio", lambda d: d["state"] == "signal")
+    room.wait_until("listen_start", 0.2)
+    mark = len(w.messages)
+    agent.call("sim", words=["broadcast", "silence"])
+    lost = wait_kind(w, mark, "audio", lambda d: d["state"] == "silence")
+    assert (lost["device"], lost["previous"], lost["listening"]) == ("broadcast", "signal", True)
+    started = wait_kind(w, mark, "incident", lambda d: d["phase"] == "started")
+    assert (started["type"], started["device"], started["session"], started["cause"]) == (
+        "audio_loss", "broadcast", room.session, "silence")
+    assert started["start"] == lost["since"]
+    switched = wait_kind(w, mark, "audio_switch")
+    assert switched == {"device": "broadcast", "source": "backup", "reason": "auto"}
+    alert = wait_status(w, mark, "alert", "broadcast: audio silence during listening since")
+    assert alert["devices"]["broadcast"]["state"] == "ok"  # the device works; the broadcast is lost
+
+    mark2 = len(w.messages)
+    agent.call("sim", words=["broadcast", "level", "-20"])
+    back = wait_kind(w, mark2, "audio", lambda d: d["state"] == "signal")
+    ended = wait_kind(w, mark2, "incident", lambda d: d["phase"] == "ended")
+    assert (ended["start"], ended["cause"], ended["end"]) == (started["start"], "silence", back["since"])
+    assert 0 < ended["duration_s"] < room.times["listen_end"] - room.times["listen_start"]
+    wait_status(w, mark2, "online")
+
+    room.wait_until("listen_end", 0.2)  # after the window a silence is a state change only
+    mark3 = len(w.messages)
+    agent.call("sim", words=["broadcast", "silence"])
+    assert wait_kind(w, mark3, "audio", lambda d: d["state"] == "silence")["listening"] is False
+    agent.call("sim", words=["broadcast", "level", "-20"])
+    wait_kind(w, mark3, "audio", lambda d: d["state"] == "signal")
+    w.wait_for(lambda ms: any(is_hb(m) for m in ms[mark3:]) and is_hb(ms[-1]))  # a beat after it
+    assert kinds_after(w, mark3, "incident") == [] and kinds_after(w, mark3, "audio_switch") == []
+    assert status_after(w, mark3, lambda s: s["state"] == "alert") is None
+    assert len(w.events("incident")) == 2
+
+
+def test_camera_covered_turns_the_room_to_alert(start_room, watcher):
+    w = watcher
+    room, agent = start_room()
+    settled(w)
+    mark = len(w.messages)
+    agent.call("sim", words=["camera", "black"])
+    bad = wait_kind(w, mark, "camera", lambda d: d["state"] == "abnormal")
+    assert (bad["device"], bad["reason"]) == ("camera", "dark") and bad["metrics"]["brightness"] < 20
+    wait_kind(w, mark, "device", lambda d: d["device"] == "camera" and d["state"] == "fault")
+    alert = wait_status(w, mark, "alert", "camera: fault (dark)")
+    assert alert["devices"]["camera"] == {"kind": "camera", "state": "fault"}
+    mark2 = len(w.messages)
+    agent.call("sim", words=["camera", "normal"])
+    good = wait_kind(w, mark2, "camera", lambda d: d["state"] == "normal")
+    assert good["reason"] == "" and good["metrics"]["brightness"] > 20
+    assert wait_status(w, mark2, "online")["alerts"] == []
+
+
+def test_clock_offset_turns_the_room_to_alert(start_room, watcher):
+    w = watcher
+    room, agent = start_room()
+    settled(w)
+    mark = len(w.messages)
+    agent.call("sim", words=["clock", "offset", "2"])
+    ev = wait_kind(w, mark, "clock")
+    assert ev == {"device": "clock", "synced": True, "offset_s": 2.0, "source": "sim", "stepped_s": None}
+    wait_status(w, mark, "alert", "clock: fault (offset 2 s exceeds 0.5 s)")
+    mark2 = len(w.messages)
+    agent.call("sim", words=["clock", "offset", "0"])
+    assert wait_kind(w, mark2, "clock")["offset_s"] == 0.0
+    wait_status(w, mark2, "online")
+
+
+# -- what the aggregator and the technician can do remotely / at the box -----------------------
+
+def test_remote_commands(start_room, watcher, broker):
+    w = watcher
+    room, agent = start_room()
+    settled(w)
+    agg = Aggregator(broker.port, w)
+    try:
+        mark = len(w.messages)
+        shot = agg.call("snapshot", {"tag": "patrol"})
+        assert shot["ok"] is True and shot["command"] == "snapshot" and shot["file"].endswith("_patrol.jpg")
+        path = room.snapshot_dir / shot["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == shot["sha256"]
+        ev = wait_kind(w, mark, "snapshot")
+        assert ev["device"] == "camera" and (ev["file"], ev["sha256"]) == (shot["file"], shot["sha256"])
+
+        sw = agg.call("audio_switch", {"source": "backup"})
+        assert (sw["ok"], sw["source"], sw["previous"], sw["reason"], sw["changed"]) == (
+            True, "backup", "primary", "command", True)
+        assert wait_kind(w, mark, "audio_switch") == {"device": "broadcast", "source": "backup", "reason": "command"}
+
+        trial = agg.call("trial_listening", {"seconds": 1})
+        assert trial["ok"] is True and trial["pass"] is True and trial["complete"] is True
+        assert (trial["seconds"], trial["device"], trial["source"], trial["problems"]) == (1.0, "broadcast", "backup", [])
+        assert -25 < trial["mean_dbfs"] < -20 and trial["silences"] == []
+        assert Path(trial["file"]).parent == room.record_dir and Path(trial["file"]).is_file()
+        tev = wait_kind(w, mark, "trial_listening")
+        assert tev["file"] == Path(trial["file"]).name and tev["pass"] is True
+        assert json.loads(Path(trial["file"]).read_text(encoding="utf-8"))["mean_dbfs"] == trial["mean_dbfs"]
+
+        bad = agg.call("trial_listening", {"seconds": 0})
+        assert bad["ok"] is False and "seconds" in bad["error"]
+        refused = agg.call("checkin_admit", {"seat": "3", "proctor": "remote"})
+        assert refused["ok"] is False and "not accepted over MQTT" in refused["error"]
+        sim = agg.call("sim", {"words": ["alarm", "on"]})
+        assert sim["ok"] is False
+        cmds = w.wait_for(lambda _: len(kinds_after(w, mark, "command")) >= 6 and kinds_after(w, mark, "command"))
+        assert [(d["command"], d["ok"]) for d in cmds] == [
+            ("snapshot", True), ("audio_switch", True), ("trial_listening", True),
+            ("trial_listening", False), ("checkin_admit", False), ("sim", False)]
+        assert [d["request_id"] for d in cmds] == [f"req-{i}" for i in range(1, 7)]
+        assert agent.call("checkin_state")["admitted"] == 0 and kinds_after(w, mark, "checkin") == []
+    finally:
+        agg.close()
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    cmd = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "agent.cli"]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_selftest_and_status(start_room, watcher):
+    w = watcher
+    room, agent = start_room()
+    settled(w)
+    mark = len(w.messages)
+    done = cli("selftest", "-c", str(room.config))
+    assert done.returncode == 0, done.stdout + done.stderr
+    for line in ("idcard (idcard): PASS", "campus-card (pcsc): PASS", "detector (metal_detector): PASS",
+                 "broadcast (audio): PASS", "camera (camera): PASS", "clock (clock): PASS", "self-test passed"):
+        assert line in done.stdout, done.stdout
+    ev = wait_kind(w, mark, "selftest")
+    assert ev["ok"] is True and sorted(r["device"] for r in ev["results"]) == sorted(
+        ["idcard", "campus-card", "detector", "broadcast", "camera", "clock"])
+
+    wait_kind(w, mark, "selftest")
+    w.wait_for(lambda ms: any(is_hb(m) for m in ms[mark:]))  # the status shows a heartbeat sent
+    st = cli("status", "-c", str(room.config))
+    assert st.returncode == 0, st.stderr
+    out = st.stdout
+    assert "room      room101 (郑州一中考点 第101考场) of site site01" in out
+    assert f"broker    connected to 127.0.0.1:{room_port(room)}" in out
+    assert "state     online" in out and "devices:" in out and "heartbeat none yet" not in out
+    for name, kind in (("idcard", "idcard"), ("campus-card", "pcsc"), ("detector", "metal_detector"),
+                       ("broadcast", "audio"), ("camera", "camera"), ("clock", "clock")):
+        assert any(line.split()[:4] == [name, kind, "sim", "ok"] for line in out.splitlines()), (name, out)
+    assert f'"session": "{room.session}"' in out  # the exam line
+
+
+def room_port(room: Room) -> int:
+    import tomllib
+
+    return tomllib.loads(room.config.read_text(encoding="utf-8"))["mqtt"]["port"]
