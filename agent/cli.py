@@ -102,19 +102,6 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return _reply(_call(args, "sim", words=args.words))
 
 
-def cmd_selftest(args: argparse.Namespace) -> int:
-    resp = _call(args, "selftest", devices=args.devices or None)
-    if not resp.get("ok") or args.json:
-        return _reply(resp)
-    for r in resp["results"]:
-        verdict = "SKIPPED (absent)" if r["skipped"] else ("PASS" if r["ok"] else "FAIL")
-        print(f"{r['device']} ({r['kind']}): {verdict}")
-        for s in r["steps"]:
-            print(f"   {'ok ' if s['ok'] else 'BAD'} {s['name']}" + (f": {s['detail']}" if s["detail"] else ""))
-    print("self-test " + ("passed" if resp["passed"] else "FAILED"))
-    return 0 if resp["passed"] else 1
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
     from agent.watch import watch
 
@@ -130,6 +117,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from agent import selftest_cli
+
     p = argparse.ArgumentParser(prog="examroom-agent", description="Exam-room edge agent")
     p.add_argument("--version", action="version", version=f"examroom-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,10 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("text", nargs="+")
     sp.add_argument("--author")
     sp.set_defaults(fn=cmd_note)
-    sp = with_config(sub.add_parser("selftest", help="self-test the devices (joint testing, exam morning)"))
-    sp.add_argument("devices", nargs="*", help="device names (default: all)")
-    sp.add_argument("--json", action="store_true")
-    sp.set_defaults(fn=cmd_selftest)
+    selftest_cli.add_command(sub, with_config)
     sp = with_config(sub.add_parser("sim", help="act out hardware on simulated devices",
                                     description="e.g. sim card 410105199001011234 | sim alarm on | "
                                                 "sim button clear | sim audio silence | sim camera black"))

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Callable
 
 from agent.control import RequestError, dispatch
+from agent.devices import selftest_verdict
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -66,10 +67,20 @@ class Commands:
             raise RequestError("'devices' must be a list of device names")
         for n in names or []:
             self.agent.devices.get(n)
-        results = [r.as_dict() for r in self.agent.devices.selftest(names)]
-        ok = all(r["ok"] or r["skipped"] for r in results)
-        self.agent.emit("selftest", {"ok": ok, "results": results})
-        return {"passed": ok, "results": results}
+        act, allow_absent = args.get("act"), args.get("allow_absent", False)
+        if act is not None and not isinstance(act, bool):
+            raise RequestError("'act' must be true, false or absent")
+        if not isinstance(allow_absent, bool):
+            raise RequestError("'allow_absent' must be true or false")
+        schedule = self.agent.config.schedule
+        if act and schedule is not None and schedule.listening_at(self.agent.clock()) is not None:
+            raise RequestError("a listening window is on: the self-test will not switch the relay "
+                               "or play a tone now; run it without acting on outputs")
+        results = [r.as_dict() for r in self.agent.devices.selftest(names, act)]
+        verdict = selftest_verdict(results, allow_absent)
+        self.agent.emit("selftest", {"ok": verdict["passed"], "results": results, "act": act,
+                                     "absent": verdict["absent"], "allow_absent": allow_absent})
+        return {**verdict, "results": results, "act": act}
 
     def sim(self, args: dict[str, Any]) -> dict[str, Any]:
         """``sim <device|kind|card|alarm|button|armed> words...``: act out hardware on a sim backend."""

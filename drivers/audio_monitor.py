@@ -25,12 +25,12 @@ import numpy as np
 
 from drivers.audio_levels import (NO_INPUT, Block, LevelAnalyzer, LevelWindow,
                                   Thresholds, TrialRecorder, Transition)
-from drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceStatus, Driver, Option,
-                          SelftestResult, SelftestStep)
+from drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus, Driver,
+                          Option, SelftestResult, SelftestStep)
 from drivers.events import AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
 
 SOURCES = ("primary", "backup")  # relay released = primary, so a dead box falls back to it
-REASONS = ("command", "auto")
+REASONS = ("command", "auto", "selftest")
 MAX_TRIAL_S = 3600.0
 TRIAL_SLACK_S = 2.0   # a real-time feed delivers N seconds in N seconds; beyond that it stalled
 LAG_REANCHOR_S = 1.0  # samples this far behind the wall clock were lost (overrun, suspend)
@@ -309,7 +309,26 @@ class AudioMonitor(Driver):
                 self._recorders.remove((rec, done))
         return rec, rec.done
 
-    def selftest(self) -> SelftestResult:
+    @classmethod
+    def selftest_actions(cls, config: dict[str, Any]) -> list[str]:
+        acts = []
+        if config.get("relay_pin", cls.options["relay_pin"].default) is not None:
+            acts.append("switch the audio relay to the other source for about half a second, "
+                        "then back to the source it was on")
+        if config.get("loopback_test"):
+            acts.append(f"play a 1 kHz test tone for 1.5 s on playback device "
+                        f"{config.get('output_device', 'default')!r} (audible in the room)")
+        return acts
+
+    def selftest(self, act: bool | None = None) -> SelftestResult:
+        """Check the input, the relay and (if configured) the loopback.
+
+        ``act`` is about outputs, which a person must agree to: None keeps the
+        behaviour callers had before it existed (the loopback tone plays when
+        ``loopback_test`` is set, the relay is only looked at); True also
+        switches the relay to the other source and back; False touches no
+        output and lists those steps as skipped.
+        """
         with self._lock:
             state, reason = self._state, self._reason
             frames = self._analyzer.frames if self._analyzer is not None else 0
@@ -328,9 +347,32 @@ class AudioMonitor(Driver):
             steps.append(SelftestStep("relay", self._relay is not None,
                                       f"source {self._source}" if self._relay is not None
                                       else self._relay_error or "not open"))
+            if act is False:
+                steps.append(_not_confirmed("relay switch"))
+            elif act and self._relay is not None:
+                steps.append(self._relay_switch())
         if self._opt("loopback_test") and flowing:
-            steps.append(self._loopback())
+            steps.append(_not_confirmed("loopback") if act is False else self._loopback())
         return SelftestResult(self.name, self.kind, ok=all(s.ok for s in steps), steps=tuple(steps))
+
+    def _relay_switch(self) -> SelftestStep:
+        """Switch to the other source and back; its level is reported, not judged.
+
+        Whether the other feed carries sound depends on what the broadcast room
+        plays at that moment, so only the switching itself can fail here.
+        """
+        original = self._source
+        other = "backup" if original == "primary" else "primary"
+        try:
+            self.switch_source(other, "selftest")
+            heard, complete = self._record(0.5)
+            level = heard.report(self._wall, complete)["mean_dbfs"]
+        except (DeviceError, OSError) as exc:
+            return SelftestStep("relay switch", False, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.switch_source(original, "selftest")
+        return SelftestStep("relay switch", True,
+                            f"{original} -> {other} -> {original}; {other} feed mean {level} dBFS")
 
     def _loopback(self) -> SelftestStep:
         """Play a 1 kHz tone with aplay and expect the input level to rise by 10 dB."""
@@ -361,3 +403,7 @@ class AudioMonitor(Driver):
         during = heard.report(self._wall, True)["mean_dbfs"]
         ok = during >= before + 10.0 and during > self.thresholds().silence_floor_dbfs
         return SelftestStep("loopback", ok, f"input {before} dBFS before, {during} dBFS with the tone")
+
+
+def _not_confirmed(step: str) -> SelftestStep:
+    return SelftestStep(step, True, "skipped: acts on an output and was not confirmed", skipped=True)

@@ -60,9 +60,12 @@ class DeviceStatus:
 
 @dataclass(frozen=True)
 class SelftestStep:
+    """One check; ``skipped`` marks a step left out on purpose (an output nobody confirmed)."""
+
     name: str
     ok: bool
     detail: str = ""
+    skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ class SelftestResult:
             "kind": self.kind,
             "ok": self.ok,
             "skipped": self.skipped,
-            "steps": [{"name": s.name, "ok": s.ok, "detail": s.detail} for s in self.steps],
+            "steps": [{"name": s.name, "ok": s.ok, "detail": s.detail, "skipped": s.skipped}
+                      for s in self.steps],
         }
 
 
@@ -130,6 +134,16 @@ class Driver(ABC):
     @abstractmethod
     def selftest(self) -> SelftestResult:
         ...
+
+    @classmethod
+    def selftest_actions(cls, config: dict[str, Any]) -> list[str]:
+        """What ``selftest(act=True)`` would do to outputs (relay, speaker), in words for a person.
+
+        Empty for drivers whose self-test only reads. A driver that returns
+        something accepts ``selftest(act=...)``, so the caller can explain and
+        confirm first, as gpiozero's pintest does before it drives a pin.
+        """
+        return []
 
     def simulate(self, action: str, args: list[str]) -> dict[str, Any]:
         """Act out a hardware happening (sim backends only)."""
