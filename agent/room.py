@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,7 +134,11 @@ class Room:
 
     def _snapshot_for_checkin(self, tag: str) -> dict[str, Any] | None:
         cam = self._camera()
-        return cam.snapshot(tag) if cam is not None else None
+        if cam is None:
+            return None
+        shot = cam.snapshot(tag)
+        # check-in data keeps times as epoch seconds (docs/events-checkin.md); the camera says ISO 8601
+        return {**shot, "ts": datetime.fromisoformat(shot["ts"]).timestamp()}
 
     def _audio_device(self, name: str | None):
         if name:
