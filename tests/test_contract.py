@@ -1,0 +1,183 @@
+"""The MQTT contract pages are the truth the aggregator builds on: check them against a live room.
+
+Every ```json schema:NAME block of docs/mqtt.md, docs/events-checkin.md and
+docs/events-devices.md must be valid JSON and a valid JSON Schema 2020-12.
+Then one compressed exam session runs in a simulated room (real agent, real
+Mosquitto) and every message the aggregator receives is validated: status,
+heartbeat, every event envelope and its data against ``data/<kind>`` (a kind
+without a documented schema fails), and every command reply.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from agent.localbroker import Broker
+from tests.agentproc import AgentProcess
+from tests.mqttwatch import Watcher
+from tests.room_config import BASE, Aggregator, Door, room_config, settled, wait_kind
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PAGES = ("mqtt.md", "events-checkin.md", "events-devices.md")
+FENCE = re.compile(r"^```json schema:(\S+)[ \t]*\n(.*?)^```", re.S | re.M)
+# events-checkin.md (older style) marks its schemas with "$id": "examroom/<kind>.json" in a
+# plain ```json fence instead of ```json schema:data/<kind>; both are read.
+PLAIN = re.compile(r"^```json[ \t]*\n(.*?)^```", re.S | re.M)
+LEGACY_ID = re.compile(r"^examroom/(\w+)\.json$")
+
+
+def doc_blocks() -> list[tuple[str, str, str]]:
+    """(page, name, text) of every schema block of the contract pages."""
+    out = []
+    for page in PAGES:
+        text = (DOCS / page).read_text(encoding="utf-8")
+        out += [(page, name, body) for name, body in FENCE.findall(text)]
+        for body in PLAIN.findall(text):
+            if '"$schema"' in body:
+                found = LEGACY_ID.match(str(json.loads(body).get("$id", "")))
+                assert found, f"{page}: a schema block without a schema:NAME fence nor an examroom/<kind>.json $id"
+                out.append((page, f"data/{found.group(1)}", body))
+    return out
+
+
+def load_schemas() -> dict[str, dict]:
+    schemas: dict[str, dict] = {}
+    for page, name, body in doc_blocks():
+        try:
+            schema = json.loads(body)
+        except ValueError as e:
+            pytest.fail(f"{page}: schema:{name} is not valid JSON: {e}")
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as e:
+            pytest.fail(f"{page}: schema:{name} is not a valid JSON Schema 2020-12: {e.message}")
+        assert name not in schemas, f"{page}: schema:{name} is documented twice"
+        schemas[name] = schema
+    return schemas
+
+
+def test_every_schema_block_is_valid():
+    schemas = load_schemas()
+    assert {"status", "heartbeat", "event", "reply"} <= set(schemas)
+    device_kinds = {"audio", "audio_switch", "incident", "camera", "clock", "device", "snapshot", "trial_listening"}
+    checkin_kinds = {"checkin", "sweep", "suspect_confirm", "attendance", "session_record"}
+    assert {f"data/{k}" for k in device_kinds | checkin_kinds | {"note", "selftest", "command"}} <= set(schemas)
+
+
+def _session(door: Door, agg: Aggregator, room, w: Watcher) -> None:
+    """One compressed session that makes the room publish every kind it has."""
+    c = room.candidates
+    door.tap_id(c["1"].id_number)
+    door.alarm()
+    door.clear()
+    door.clear()  # nothing pending: an unassociated sweep
+    door.tap_uid("0A0B0C0D")  # unknown_card
+    door.tap_id("410105200801011230")  # a wrong check digit: invalid_id
+    door.do("checkin_admit", seat="2", proctor="P1")
+    door.do("checkin_suspect", seat="3", proctor="P1", reason="no photo match")
+    door.do("checkin_confirm", seat="3", proctor="P1")
+    door.do("checkin_confirm", seat="3", proctor="P2")
+    door.do("checkin_leave", seat="2")  # pending sweep closed as left_before_clear
+    mark = len(w.messages)
+    door.sim("camera", "black")
+    wait_kind(w, mark, "camera", lambda d: d["state"] == "abnormal")
+    door.sim("camera", "normal")
+    door.sim("clock", "offset", "2")
+    door.sim("clock", "offset", "0")
+    for name, args in (("ping", {}), ("status", {}), ("note", {"text": "paper bag 3 opened", "author": "P1"}),
+                       ("selftest", {}), ("snapshot", {"tag": "patrol"}), ("audio_switch", {"source": "backup"}),
+                       ("audio_switch", {"source": "primary"}), ("trial_listening", {"seconds": 1}),
+                       ("checkin_admit", {"seat": "4", "proctor": "remote"}), ("audio_switch", {})):
+        agg.call(name, args)
+    w.wait_for(lambda _: w.events("attendance"), timeout=room.times["cutoff"] - time.time() + 5)
+    door.tap_id(c["4"].id_number)  # late_refused
+    room.wait_until("listen_start", 0.1)
+    mark = len(w.messages)
+    door.sim("broadcast", "silence")
+    wait_kind(w, mark, "incident", lambda d: d["phase"] == "started")
+    door.sim("broadcast", "level", "-20")
+    wait_kind(w, mark, "incident", lambda d: d["phase"] == "ended")
+    w.wait_for(lambda _: w.events("session_record"), timeout=room.times["end"] - time.time() + 5)
+
+
+@pytest.fixture(scope="module")
+def received(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("contract")
+    broker = Broker(tmp / "broker").start()
+    agent = None
+    try:
+        with Watcher(broker.port) as w:
+            room = room_config(tmp, broker.port, start_in=1.5, cutoff_after=4, end_after=10.5,
+                               listening=(9, 11), heartbeat_s=0.2)
+            agent = AgentProcess(room.config, room.socket).start()
+            settled(w)
+            agg = Aggregator(broker.port, w)
+            try:
+                _session(Door(agent, w, room), agg, room, w)
+            finally:
+                agg.close()
+            assert agent.terminate() == 0
+            w.wait_for(lambda ms: any(m.topic == f"{BASE}/status" and (m.json or {}).get("clean") for m in ms))
+            yield list(w.messages)
+    finally:
+        if agent is not None:
+            agent.kill()
+        broker.kill()
+
+
+def test_every_message_matches_the_contract(received):
+    schemas = load_schemas()
+    fmt = Draft202012Validator.FORMAT_CHECKER  # date-time is checked (rfc3339-validator)
+    validators = {name: Draft202012Validator(s, format_checker=fmt) for name, s in schemas.items()}
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+
+    def check(name: str, payload, where: str) -> None:
+        if name not in validators:
+            problems.append(f"{where}: no documented schema:{name}")
+            return
+        for err in validators[name].iter_errors(payload):
+            path = "/".join(str(p) for p in err.absolute_path)
+            problems.append(f"{where}: schema:{name} at /{path}: {err.message}")
+
+    for i, m in enumerate(received):
+        where = f"#{i} {m.topic}"
+        rest = m.topic[len(BASE) + 1:] if m.topic.startswith(BASE + "/") else ""
+        if m.json is None:
+            problems.append(f"{where}: not JSON: {m.raw[:80]!r}")
+            continue
+        if rest in ("status", "heartbeat"):
+            check(rest, m.json, where)
+        elif rest.startswith("event/"):
+            kind = rest.split("/", 1)[1]
+            check("event", m.json, where)
+            if m.json.get("kind") != kind:
+                problems.append(f"{where}: envelope kind {m.json.get('kind')!r} on topic of {kind!r}")
+            check(f"data/{kind}", m.json.get("data"), f"{where} data")
+        elif rest.startswith("reply/"):
+            check("reply", m.json, where)
+            if m.json.get("command") != rest.split("/", 1)[1]:
+                problems.append(f"{where}: reply names command {m.json.get('command')!r}")
+        elif rest.startswith("cmd/"):
+            continue  # what the test itself sent as the aggregator
+        else:
+            problems.append(f"{where}: a topic the contract does not list")
+        seen[rest] = seen.get(rest, 0) + 1
+    assert problems == [], "\n".join(problems[:40])
+
+    kinds = {t.split("/", 1)[1] for t in seen if t.startswith("event/")}
+    expected = {"checkin", "sweep", "suspect_confirm", "attendance", "session_record", "audio", "audio_switch",
+                "incident", "camera", "clock", "device", "snapshot", "trial_listening", "note", "selftest",
+                "command"}
+    assert expected <= kinds, f"the session did not exercise {sorted(expected - kinds)}"
+    verdicts = {m.json["data"]["verdict"] for m in received if m.topic == f"{BASE}/event/checkin"}
+    assert {"admitted", "unknown_card", "invalid_id", "suspect", "left", "late_refused"} <= verdicts
+    states = {m.json["state"] for m in received if m.topic == f"{BASE}/status"}
+    assert {"online", "alert", "offline"} <= states
+    assert sum(n for t, n in seen.items() if t.startswith("reply/")) == 10
