@@ -87,14 +87,18 @@ def _session(door: Door, agg: Aggregator, room, w: Watcher) -> None:
     mark = len(w.messages)
     door.sim("camera", "black")
     wait_kind(w, mark, "camera", lambda d: d["state"] == "abnormal")
+    mark = len(w.messages)
     door.sim("camera", "normal")
+    wait_kind(w, mark, "camera", lambda d: d["state"] == "normal")  # snapshots need a working camera
     door.sim("clock", "offset", "2")
     door.sim("clock", "offset", "0")
-    for name, args in (("ping", {}), ("status", {}), ("note", {"text": "paper bag 3 opened", "author": "P1"}),
-                       ("selftest", {}), ("snapshot", {"tag": "patrol"}), ("audio_switch", {"source": "backup"}),
-                       ("audio_switch", {"source": "primary"}), ("trial_listening", {"seconds": 1}),
-                       ("checkin_admit", {"seat": "4", "proctor": "remote"}), ("audio_switch", {})):
-        agg.call(name, args)
+    for name, args, ok in (("ping", {}, True), ("status", {}, True), ("note", {"text": "bag 3 opened"}, True),
+                           ("selftest", {}, True), ("snapshot", {"tag": "patrol"}, True),
+                           ("audio_switch", {"source": "backup"}, True), ("audio_switch", {"source": "primary"}, True),
+                           ("trial_listening", {"seconds": 1}, True),
+                           ("checkin_admit", {"seat": "4", "proctor": "remote"}, False), ("audio_switch", {}, False)):
+        reply = agg.call(name, args)
+        assert reply["ok"] is ok, reply
     w.wait_for(lambda _: w.events("attendance"), timeout=room.times["cutoff"] - time.time() + 5)
     door.tap_id(c["4"].id_number)  # late_refused
     room.wait_until("listen_start", 0.1)
