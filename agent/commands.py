@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from agent.control import RequestError, dispatch
@@ -105,6 +106,13 @@ class Commands:
 
     # -- MQTT ---------------------------------------------------------------
     def on_mqtt(self, topic: str, payload: bytes, props: Any) -> None:
+        """Called on paho's network thread: a trial listening or a self-test takes seconds, which
+        would stall the MQTT loop past the keep-alive, so each command runs on its own thread
+        (as control-socket commands do)."""
+        threading.Thread(target=self._run_mqtt, args=(topic, payload, props),
+                         name="mqtt-command", daemon=True).start()
+
+    def _run_mqtt(self, topic: str, payload: bytes, props: Any) -> None:
         name = topic.rsplit("/", 1)[-1]
         response_topic = getattr(props, "ResponseTopic", None) or f"{self.agent.config.base_topic}/reply/{name}"
         correlation = getattr(props, "CorrelationData", None)
