@@ -147,7 +147,7 @@ class Spool:
                 raise
             self._bytes += size
             self._count += 1
-        return Event(cur.lastrowid, eid, ts, kind, session, data, live, size)
+        return Event(cur.lastrowid, eid, ts, kind, session, body, live, size)
 
     def _drop_telemetry(self, db: sqlite3.Connection, need: int) -> None:
         rows = db.execute("SELECT seq, kind, size FROM events WHERE evidence=0 ORDER BY seq").fetchall()
@@ -167,7 +167,7 @@ class Spool:
             rows = self._conn().execute(
                 "SELECT seq, id, ts, kind, session, data, live, size FROM events"
                 " WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
-        return [Event(s, i, t, k, se, json.loads(d), bool(lv), sz)
+        return [Event(s, i, t, k, se, d, bool(lv), sz)
                 for s, i, t, k, se, d, lv, sz in rows]
 
     def ack(self, seqs: Iterable[int]) -> int:

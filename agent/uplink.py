@@ -224,12 +224,20 @@ class Uplink:
     def _send_loop(self) -> None:
         inflight: dict[int, tuple[int, float]] = {}  # mid -> (seq, handed at)
         last = 0
+        acked: list[int] = []
         while not self._stop.is_set():
-            done = self._collect_acks(inflight)
-            if done:
-                self.spool.ack(done)
+            acked += self._collect_acks(inflight)
+            # Deletes are batched: one transaction per ~half window instead of per PUBACK.
+            # An acked row still in the spool is never re-read (reads start after `last`);
+            # a crash before the delete only resends it, and the aggregator de-duplicates.
+            if acked and (len(acked) >= self.cfg["inflight"] // 2 or not inflight):
+                self.spool.ack(acked)
+                acked = []
                 self.metrics.spool_depth.set(self.spool.depth()["events"])
             if self._restart_from_spool and self.connected:
+                if acked:  # rereading from the start must not resend what was acknowledged
+                    self.spool.ack(acked)
+                    acked = []
                 self._restart_from_spool = False
                 inflight.clear()
                 last = 0
