@@ -12,23 +12,14 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from agent.errors import ConfigError, Problem
+from drivers.base import Option
 
 TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
 RESERVED_ROOM_IDS = {"broadcast"}
 SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Key:
-    type: type | tuple[type, ...]
-    default: Any = None
-    required: bool = False
-    check: Callable[[Any], bool] | None = None
-    expected: str = ""
-    path: bool = False  # resolve relative to the config file
 
 
 def _topic_safe(v: str) -> bool:
@@ -51,59 +42,59 @@ def _listen(v: str) -> bool:
     return bool(sep) and port.isascii() and port.isdigit() and 0 <= int(port) < 65536
 
 
-SCHEMA: dict[str, dict[str, Key]] = {
+SCHEMA: dict[str, dict[str, Option]] = {
     "site": {
-        "id": Key(str, required=True, check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
-        "name": Key(str, default=""),
+        "id": Option(str, required=True, check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
+        "name": Option(str, default=""),
     },
     "room": {
-        "id": Key(str, required=True,
+        "id": Option(str, required=True,
                   check=lambda v: _topic_safe(v) and v not in RESERVED_ROOM_IDS,
                   expected='1-64 of [A-Za-z0-9_-], not "broadcast"'),
-        "label": Key(str, default=""),
+        "label": Option(str, default=""),
     },
     "mqtt": {
-        "host": Key(str, default="127.0.0.1"),
-        "port": Key(int, default=1883, check=_port, expected="a TCP port 1-65535"),
-        "topic_prefix": Key(str, default="exam", check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
-        "keepalive_s": Key(int, default=10, check=lambda v: 2 <= v <= 600, expected="2-600 seconds"),
-        "username": Key(str, default=""),
-        "password": Key(str, default=""),
-        "tls_ca": Key(str, default="", path=True),
-        "tls_cert": Key(str, default="", path=True),
-        "tls_key": Key(str, default="", path=True),
-        "reconnect_min_s": Key((int, float), default=0.5, check=_positive, expected="> 0 seconds"),
-        "reconnect_max_s": Key((int, float), default=30.0, check=_positive, expected="> 0 seconds"),
-        "inflight": Key(int, default=100, check=lambda v: 1 <= v <= 1000, expected="1-1000 messages"),
+        "host": Option(str, default="127.0.0.1"),
+        "port": Option(int, default=1883, check=_port, expected="a TCP port 1-65535"),
+        "topic_prefix": Option(str, default="exam", check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
+        "keepalive_s": Option(int, default=10, check=lambda v: 2 <= v <= 600, expected="2-600 seconds"),
+        "username": Option(str, default=""),
+        "password": Option(str, default=""),
+        "tls_ca": Option(str, default="", path=True),
+        "tls_cert": Option(str, default="", path=True),
+        "tls_key": Option(str, default="", path=True),
+        "reconnect_min_s": Option((int, float), default=0.5, check=_positive, expected="> 0 seconds"),
+        "reconnect_max_s": Option((int, float), default=30.0, check=_positive, expected="> 0 seconds"),
+        "inflight": Option(int, default=100, check=lambda v: 1 <= v <= 1000, expected="1-1000 messages"),
     },
     "spool": {
-        "path": Key(str, default="/var/lib/examroom/spool.db", path=True),
-        "max_bytes": Key(int, default=64 * 1024 * 1024, check=lambda v: v >= 64 * 1024,
+        "path": Option(str, default="/var/lib/examroom/spool.db", path=True),
+        "max_bytes": Option(int, default=64 * 1024 * 1024, check=lambda v: v >= 64 * 1024,
                          expected=">= 65536 bytes"),
-        "sync": Key(str, default="full", check=lambda v: v in ("full", "normal"),
+        "sync": Option(str, default="full", check=lambda v: v in ("full", "normal"),
                     expected='"full" (survives power loss) or "normal" (survives a crash)'),
     },
     "heartbeat": {
-        "interval_s": Key((int, float), default=10, check=lambda v: 0.1 <= v <= 3600,
+        "interval_s": Option((int, float), default=10, check=lambda v: 0.1 <= v <= 3600,
                           expected="0.1-3600 seconds"),
     },
     "control": {
-        "socket": Key(str, default="/run/examroom/agent.sock", path=True),
+        "socket": Option(str, default="/run/examroom/agent.sock", path=True),
     },
     "metrics": {
-        "listen": Key(str, default="127.0.0.1:9108", check=_listen,
+        "listen": Option(str, default="127.0.0.1:9108", check=_listen,
                       expected='"host:port" or "" to disable'),
     },
     "checkin": {
-        "seatplan": Key(str, default="", path=True),
-        "record_dir": Key(str, default="/var/lib/examroom/records", path=True),
-        "journal": Key(str, default="/var/lib/examroom/checkin.journal", path=True),
+        "seatplan": Option(str, default="", path=True),
+        "record_dir": Option(str, default="/var/lib/examroom/records", path=True),
+        "journal": Option(str, default="/var/lib/examroom/checkin.journal", path=True),
     },
     "listening": {
-        "auto_switch_backup": Key(bool, default=False),
+        "auto_switch_backup": Option(bool, default=False),
     },
     "log": {
-        "level": Key(str, default="INFO",
+        "level": Option(str, default="INFO",
                      check=lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
                      expected="DEBUG, INFO, WARNING or ERROR"),
     },
@@ -158,7 +149,7 @@ def _type_ok(value: Any, t: type | tuple[type, ...]) -> bool:
 
 def check_table(table: Any, schema: dict[str, Any], file: str, prefix: str,
                 base_dir: Path, problems: list[Problem]) -> dict[str, Any]:
-    """Check one table against a key schema (``Key`` or drivers' ``Option``); fill defaults."""
+    """Check one table against its ``Option`` schema; fill defaults. Every problem is collected."""
     if not isinstance(table, dict):
         problems.append(Problem(file, prefix, "expected a table", table))
         return {}
@@ -181,7 +172,7 @@ def check_table(table: Any, schema: dict[str, Any], file: str, prefix: str,
         if spec.check is not None and not spec.check(value):
             problems.append(Problem(file, where, f"expected {spec.expected}", value))
             continue
-        if getattr(spec, "path", False) and value:
+        if spec.path and value:
             value = str((base_dir / value).resolve()) if not Path(value).is_absolute() else value
         out[key] = value
     return out

@@ -91,7 +91,8 @@ class SelftestResult:
 
 @dataclass(frozen=True)
 class Option:
-    """One backend-specific key of a ``[[device]]`` table, checked by the config loader."""
+    """One key of a config table: a driver's ``[[device]]`` options and the agent's own
+    sections are described (and checked by agent/config.py) the same way."""
 
     type: type | tuple[type, ...]
     default: Any = None
@@ -99,6 +100,7 @@ class Option:
     check: Callable[[Any], bool] | None = None
     expected: str = ""  # words for the error message when ``check`` fails
     help: str = ""
+    path: bool = False  # a file path: resolved relative to the config file
 
 
 class Driver(ABC):
