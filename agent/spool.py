@@ -20,8 +20,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from agent.events import Event, is_evidence, iso_now
 
@@ -101,15 +102,26 @@ class Spool:
         with self._lock:
             self._conn().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE … COMMIT, or ROLLBACK on any error: one failed write (a full disk)
+        must not leave the connection inside a transaction that refuses every later event."""
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     def next_session(self) -> int:
         """Connection sessions are numbered for the aggregator to tell a late Will from now."""
-        with self._lock:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
+        with self._lock, self._transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key='session'").fetchone()
             n = int(row[0]) + 1 if row else 1
             db.execute("INSERT OR REPLACE INTO meta VALUES ('session', ?)", (str(n),))
-            db.execute("COMMIT")
         return n
 
     def last_session(self) -> int:
@@ -126,41 +138,43 @@ class Spool:
         eid = str(uuid.uuid4())
         ts = iso_now(created)
         with self._lock:
-            db = self._conn()
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction() as db:
+                gone: list[tuple[int, str, int]] = []
                 if self._bytes + size > self.max_bytes:
-                    self._drop_telemetry(db, self._bytes + size - self.max_bytes)
-                if self._bytes + size > self.max_bytes:
-                    if not evidence:
-                        db.execute("COMMIT")
-                        self.dropped[kind] += 1
-                        return None
-                    self.overfull = True
-                cur = db.execute(
-                    "INSERT INTO events (id, ts, created, kind, session, live, evidence, size, data)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (eid, ts, created, kind, session, int(live), int(evidence), size, body))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                    gone = self._drop_telemetry(db, self._bytes + size - self.max_bytes)
+                after = self._bytes - sum(g[2] for g in gone) + size
+                refused = after > self.max_bytes and not evidence
+                if not refused:
+                    cur = db.execute(
+                        "INSERT INTO events (id, ts, created, kind, session, live, evidence, size, data)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (eid, ts, created, kind, session, int(live), int(evidence), size, body))
+            # counters change only once the transaction is committed
+            for _, gone_kind, gone_size in gone:
+                self.dropped[gone_kind] += 1
+                self._bytes -= gone_size
+                self._count -= 1
+            if refused:
+                self.dropped[kind] += 1
+                return None
+            self.overfull = self.overfull or after > self.max_bytes
             self._bytes += size
             self._count += 1
         return Event(cur.lastrowid, eid, ts, kind, session, body, live, size)
 
-    def _drop_telemetry(self, db: sqlite3.Connection, need: int) -> None:
-        rows = db.execute("SELECT seq, kind, size FROM events WHERE evidence=0 ORDER BY seq").fetchall()
-        freed, gone = 0, []
-        for seq, kind, size in rows:
+    @staticmethod
+    def _drop_telemetry(db: sqlite3.Connection, need: int) -> list[tuple[int, str, int]]:
+        """Delete the oldest telemetry until ``need`` bytes are free; returns what went."""
+        gone: list[tuple[int, str, int]] = []
+        freed = 0
+        for seq, kind, size in db.execute(
+                "SELECT seq, kind, size FROM events WHERE evidence=0 ORDER BY seq"):
             if freed >= need:
                 break
             freed += size
-            gone.append(seq)
-            self.dropped[kind] += 1
-        db.executemany("DELETE FROM events WHERE seq=?", ((s,) for s in gone))
-        self._bytes -= freed
-        self._count -= len(gone)
+            gone.append((seq, kind, size))
+        db.executemany("DELETE FROM events WHERE seq=?", ((g[0],) for g in gone))
+        return gone
 
     def read_batch(self, after_seq: int = 0, limit: int = 100) -> list[Event]:
         with self._lock:
@@ -180,18 +194,19 @@ class Spool:
             # aggregator de-duplicates by id), so deletes skip the fsync that
             # appends pay; the next append's fsync makes them durable anyway.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            freed, n = 0, 0
-            for i in range(0, len(seqs), 500):
-                chunk = seqs[i:i + 500]
-                marks = ",".join("?" * len(chunk))
-                got = db.execute(f"SELECT COALESCE(SUM(size),0), COUNT(*) FROM events "
-                                 f"WHERE seq IN ({marks})", chunk).fetchone()
-                db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk)
-                freed += got[0]
-                n += got[1]
-            db.execute("COMMIT")
-            db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+            try:
+                with self._transaction():
+                    freed, n = 0, 0
+                    for i in range(0, len(seqs), 500):
+                        chunk = seqs[i:i + 500]
+                        marks = ",".join("?" * len(chunk))
+                        got = db.execute(f"SELECT COALESCE(SUM(size),0), COUNT(*) FROM events "
+                                         f"WHERE seq IN ({marks})", chunk).fetchone()
+                        db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk)
+                        freed += got[0]
+                        n += got[1]
+            finally:
+                db.execute(f"PRAGMA synchronous={self.sync.upper()}")
             self._bytes -= freed
             self._count -= n
             if self._bytes <= self.max_bytes:

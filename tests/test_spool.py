@@ -331,3 +331,21 @@ def test_existing_loose_files_tightened_on_open(spool_path: Path) -> None:
         assert stat.S_IMODE(spool_path.stat().st_mode) == 0o600
     finally:
         s.close()
+
+
+def test_a_failed_write_does_not_wedge_the_spool(spool_path: Path) -> None:
+    """A delete that fails (a full disk; here a trigger) rolls back: later events still commit."""
+    s = Spool(spool_path)
+    s.open()
+    kept = s.append("note", {"i": 1}, 1, True)
+    s._conn().execute("CREATE TRIGGER no_delete BEFORE DELETE ON events "
+                      "BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="disk full"):
+        s.ack([kept.seq])
+    assert s.depth()["events"] == 1
+    after = s.append("note", {"i": 2}, 1, True)  # would raise "within a transaction" if wedged
+    assert after is not None and after.seq > kept.seq
+    assert s._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL restored after the ack
+    s._conn().execute("DROP TRIGGER no_delete")
+    assert s.ack([kept.seq, after.seq]) == 2
+    s.close()
