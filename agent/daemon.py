@@ -1,9 +1,10 @@
 """The agent's lifecycle: spool, devices, uplink, control socket, heartbeat.
 
 Start order matters: the spool first (nothing may be emitted before it is
-durable), then the devices, then the uplink, then READY=1. Stop order is the
-reverse, with a retained "offline" status said explicitly so the aggregator
-does not wait for the keep-alive to expire.
+durable), then the room's listeners, the devices, the uplink, the control
+socket, then READY=1. Stop: the control socket first (no new requests), then
+the room, the uplink (a retained "offline" said explicitly so the aggregator
+does not wait for the keep-alive), the devices, and the spool last.
 """
 from __future__ import annotations
 
@@ -50,16 +51,15 @@ class Agent:
         self.started_mono = time.monotonic()
         self.last_heartbeat: str | None = None
         self._stop = threading.Event()
-        self._emit_lock = threading.Lock()
         self._metrics_server: Any = None
+        self.loop_errors: dict[str, str] = {}  # main-loop step -> last error, shown as alerts
         self._published_state = ""
 
     # -- events -------------------------------------------------------------
     def emit(self, kind: str, data: dict[str, Any]) -> Event | None:
-        """Commit an event to the spool, then let the uplink send it. Thread-safe."""
-        with self._emit_lock:
-            ev = self.spool.append(kind, data, self.uplink.session, self.uplink.connected,
-                                   now=self.clock())
+        """Commit an event to the spool, then let the uplink send it. Thread-safe: the
+        spool's lock orders concurrent events; seq is their order."""
+        ev = self.spool.append(kind, data, self.uplink.session, self.uplink.connected, now=self.clock())
         if ev is None:
             self.metrics.dropped.labels(kind=kind).inc()
         else:
@@ -143,16 +143,30 @@ class Agent:
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_beat:
-                hb = self.heartbeat()
-                if self.uplink.publish_live("heartbeat", hb, probe=True):
-                    self.last_heartbeat = hb["ts"]
                 next_beat = now + interval
-            self.room.tick()
-            self.publish_state_if_changed()
-            if wd is not None:
-                notify("WATCHDOG=1")
+                self._step("heartbeat", self._beat)
+            self._step("exam tick", self.room.tick)
+            self._step("status", self.publish_state_if_changed)
+            if wd is not None and self.uplink.alive():
+                notify("WATCHDOG=1")  # a dead uplink thread lets systemd restart us
             wait = min(next_beat - time.monotonic(), 0.5, wd or 0.5)
             self._stop.wait(max(wait, 0.01))
+
+    def _beat(self) -> None:
+        hb = self.heartbeat()
+        if self.uplink.publish_live("heartbeat", hb, probe=True):
+            self.last_heartbeat = hb["ts"]
+
+    def _step(self, what: str, fn: Callable[[], None]) -> None:
+        """One failing step (a record file that cannot be written) must not end the daemon:
+        a restart would fail the same way and stop the card readers with it."""
+        try:
+            fn()
+            self.loop_errors.pop(what, None)
+        except Exception as e:
+            if what not in self.loop_errors:
+                log.exception("%s failed", what)
+            self.loop_errors[what] = f"{type(e).__name__}: {e}"
 
     def stop(self) -> None:
         notify("STOPPING=1")
@@ -167,6 +181,7 @@ class Agent:
 
 
 def run_agent(config: Config) -> int:
+    os.umask(0o027)  # records, snapshots and reports hold personal data: not world-readable
     agent = Agent(config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.request_stop())

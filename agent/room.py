@@ -98,6 +98,11 @@ class Room:
         alerts = self.agent.devices.needing_attention()
         if self.audio is not None:
             alerts += self.audio.alerts()
+        for what, error in self.agent.loop_errors.items():
+            alerts.append(f"agent: {what} failing: {error}")
+        if self.agent.uplink.rejected:
+            alerts.append(f"broker: refused {self.agent.uplink.rejected} event(s) (ACL or size); "
+                          "they stay in the spool")
         if self.agent.spool.overfull:
             alerts.append("spool: full of evidence not yet delivered; free space or restore the network")
         return ("alert" if alerts else "online"), alerts

@@ -63,6 +63,8 @@ class Uplink:
         self._threads: list[threading.Thread] = []
         self._restart_from_spool = True
         self._probe: dict[int, float] = {}  # heartbeat mid -> publish time, for the round trip
+        self._send_lock = threading.Lock()
+        self.rejected = 0  # events the broker refused this run (ACL, size): a person must look
 
     # -- public -------------------------------------------------------------
     @property
@@ -92,7 +94,7 @@ class Uplink:
         client.on_message = self._guard(self._on_message)
         self._client = client
         for target, name in ((self._network_loop, "uplink-net"), (self._send_loop, "uplink-send")):
-            t = threading.Thread(target=target, name=name, daemon=True)
+            t = threading.Thread(target=self._forever(target), name=name, daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -138,9 +140,30 @@ class Uplink:
         props = Properties(PacketTypes.PUBLISH)
         if correlation is not None:
             props.CorrelationData = correlation
-        client.publish(topic, _dumps(payload), qos=1, properties=props)
+        try:
+            client.publish(topic, _dumps(payload), qos=1, properties=props)
+        except ValueError:  # a Response Topic with wildcards: answer where the contract says
+            log.warning("unusable response topic %r; replying on reply/%s", topic, payload.get("command"))
+            client.publish(self.topic(f"reply/{payload.get('command')}"), _dumps(payload), qos=1,
+                           properties=props)
 
-    # -- network thread -----------------------------------------------------
+    # -- threads ------------------------------------------------------------
+    def _forever(self, body: Callable[[], None]) -> Callable[[], None]:
+        """Keep a thread alive through unexpected errors (a spool that cannot be read for a
+        moment must not end delivery for good); ``alive`` tells the watchdog otherwise."""
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    body()
+                except Exception:
+                    self.metrics.callback_errors.inc()
+                    log.exception("uplink thread %s failed; restarting it in 1 s", threading.current_thread().name)
+                    self._stop.wait(1.0)
+        return run
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self._threads)
+
     def _network_loop(self) -> None:
         client = self._client
         assert client is not None
@@ -186,12 +209,13 @@ class Uplink:
             log.error("broker refused connection: %s", reason)
             self.metrics.connect_failures.inc()
             return
-        client.drop_out_messages()  # the spool resends in order; paho's copy would duplicate
+        with self._send_lock:  # no batch of the old connection may slip out on the new one
+            client.drop_out_messages()  # the spool resends in order; paho's copy would duplicate
+            self._restart_from_spool = True
         self._probe.clear()
         client.publish(self.topic("status"), _dumps(self.birth(self.session)), qos=1, retain=True)
         client.subscribe([(self.topic("cmd/+"), 1), (f"{self.broadcast}/cmd/+", 1)])
         log.info("connected to %s:%s, session %d", self.cfg["host"], self.cfg["port"], self.session)
-        self._restart_from_spool = True
         self._set_connected(True)
 
     def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
@@ -234,24 +258,27 @@ class Uplink:
                 self.spool.ack(acked)
                 acked = []
                 self.metrics.spool_depth.set(self.spool.depth()["events"])
-            if self._restart_from_spool and self.connected:
-                if acked:  # rereading from the start must not resend what was acknowledged
-                    self.spool.ack(acked)
-                    acked = []
-                self._restart_from_spool = False
-                inflight.clear()
-                last = 0
-            room = self.cfg["inflight"] - len(inflight)
-            batch = self.spool.read_batch(last, room) if self.connected and room > 0 else []
-            for ev in batch:
-                info = self._client.publish(self.topic(f"event/{ev.kind}"),
-                                            ev.payload(self.session), qos=1)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    break  # lost the connection mid-batch: resume from the spool on reconnect
-                inflight[info.mid] = (ev.seq, time.monotonic())
-                last = ev.seq
-                self.metrics.published.labels(kind=ev.kind).inc()
-            if batch:
+            with self._send_lock:
+                if self._restart_from_spool and self.connected:
+                    if acked:  # rereading from the start must not resend what was acknowledged
+                        self.spool.ack(acked)
+                        acked = []
+                    self._restart_from_spool = False
+                    inflight.clear()
+                    last = 0
+                room = self.cfg["inflight"] - len(inflight)
+                batch = self.spool.read_batch(last, room) if self.connected and room > 0 else []
+                sent = 0
+                for ev in batch:
+                    info = self._client.publish(self.topic(f"event/{ev.kind}"),
+                                                ev.payload(self.session), qos=1)
+                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                        break  # the connection went mid-batch: resume from the spool on reconnect
+                    inflight[info.mid] = (ev.seq, time.monotonic())
+                    last = ev.seq
+                    sent += 1
+                    self.metrics.published.labels(kind=ev.kind).inc()
+            if sent:
                 continue
             with self._wake:
                 if self._acks.empty() and not self._stop.is_set():
@@ -276,4 +303,5 @@ class Uplink:
                 # The broker refused it (e.g. ACL): it stays spooled and is retried
                 # on the next connection; the metric and the log make it visible.
                 self.metrics.publish_rejected.inc()
+                self.rejected += 1
                 log.error("broker refused event seq %d; kept in the spool", seq)
