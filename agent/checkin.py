@@ -31,14 +31,13 @@ from agent import session_record as rec
 from agent.schedule import Phase, Schedule, Session
 from agent.seatplan import Candidate, SeatPlan
 from drivers.events import CardPresented, MetalAlarm, SweepButton
-from drivers.gb11643 import is_valid, mask_id
+from drivers.gb11643 import is_valid, mask_id, mask_ids_in_text
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], None]
 Snapshot = Callable[[str], "dict[str, Any] | None"]
 REQUIRED_CONFIRMATIONS = 2
-_FULL_ID = re.compile(r"\d{17}[\dXx]")
 
 
 class CheckinError(ValueError):
@@ -308,7 +307,7 @@ class CheckinStation:
 
     @staticmethod
     def _scrub(text: str, cand: Candidate) -> str:
-        out = _FULL_ID.sub(lambda m: mask_id(m.group(0)), str(text or ""))
+        out = mask_ids_in_text(str(text or ""))
         return out.replace(cand.name, "***") if cand.name else out
 
     # -- sweeps -----------------------------------------------------------------------------

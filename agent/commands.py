@@ -55,7 +55,7 @@ class Commands:
         return self.agent.status()
 
     def note(self, args: dict[str, Any]) -> dict[str, Any]:
-        text = _text(args, "text", MAX_NOTE)
+        text = self.agent.room.scrub(_text(args, "text", MAX_NOTE))
         data = {"text": text}
         if args.get("author"):
             data["author"] = _text(args, "author", 100)

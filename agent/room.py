@@ -21,6 +21,7 @@ from agent.monitors import AudioWatch, CameraWatch, ClockWatch
 from agent.schedule import Schedule
 from agent.seatplan import load_seatplan
 from drivers.base import OK
+from drivers.gb11643 import mask_ids_in_text
 from drivers.events import (AudioLevels, AudioSourceSwitched, AudioStateChanged, CameraHealth,
                             CardPresented, ClockState, DeviceStateChanged, MetalAlarm, ReaderGarbage,
                             SweepButton)
@@ -47,6 +48,7 @@ class Room:
         self.agent = agent
         self.station: CheckinStation | None = None
         self.audio: AudioWatch | None = None
+        self._names: list[str] = []
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
@@ -55,6 +57,7 @@ class Room:
         schedule = cfg.schedule
         if cfg.checkin["seatplan"]:
             plan = load_seatplan(cfg.checkin["seatplan"], cfg.room["id"])
+            self._names = sorted({c.name for c in plan.candidates if c.name}, key=len, reverse=True)
             if schedule is None:  # seat plans travel before the day's timetable: every card is "outside_window"
                 log.warning("seat plan loaded but no [[exam]] session configured: check-in stays closed")
             self.station = CheckinStation(plan, schedule or Schedule(()), a.emit, a.clock, cfg.checkin["record_dir"],
@@ -106,6 +109,14 @@ class Room:
         if self.agent.spool.overfull:
             alerts.append("spool: full of evidence not yet delivered; free space or restore the network")
         return ("alert" if alerts else "online"), alerts
+
+    def scrub(self, text: str) -> str:
+        """Free text leaving the box (a note) never carries a full ID number or a candidate's
+        name: a proctor types what is in front of them."""
+        out = mask_ids_in_text(text)
+        for name in self._names:
+            out = out.replace(name, "***")
+        return out
 
     def exam_state(self) -> dict[str, Any]:
         return self.station.state() if self.station is not None else {}

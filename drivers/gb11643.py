@@ -31,3 +31,11 @@ def mask_id(id_number: str | None) -> str:
     if len(n) <= 10:
         return "*" * len(n)
     return n[:6] + "*" * (len(n) - 10) + n[-4:]
+
+
+_FULL_ID = re.compile(r"(?<![0-9])\d{17}[\dXx](?![0-9A-Za-z])")
+
+
+def mask_ids_in_text(text: str) -> str:
+    """Mask every full ID number inside free text (a note, a proctor's reason)."""
+    return _FULL_ID.sub(lambda m: mask_id(m.group(0)), text)

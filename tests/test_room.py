@@ -83,6 +83,8 @@ def _entry(door: Door, room: Room, out: dict) -> None:
     seen["10-admitted"] = door.next_event("checkin", lambda: door.do(
         "checkin_confirm", seat="10", proctor="proctor-B"))
     out["sweeps"]["10"] = door.clear()
+    seen["note"] = door.next_event("note", lambda: door.do(
+        "note", text=f"{c['3'].name} ({c['3'].id_number}) asked for water"))
     print(f"entry done {room.times['cutoff'] - time.time():.1f} s before the cutoff")
     assert time.time() < room.times["cutoff"], "entry took longer than the compressed timeline allows"
     w = door.w
@@ -120,6 +122,7 @@ def test_checkin_run(checkin_run):
     sus = ck["10-suspect"]
     assert (sus["verdict"], sus["seat"], sus["proctor"]) == ("suspect", "10", "proctor-A")
     assert sus["snapshot"]["sha256"] and c["10"].name not in sus["reason"]
+    assert ck["note"]["text"] == f"*** ({c['3'].id_masked}) asked for water"  # a proctor's note, scrubbed
     assert c["10"].id_number not in sus["reason"] and "photo unclear" in sus["reason"]
     first = ck["10-confirm-A"]
     assert (first["seat"], first["confirmations"], first["required"], first["passed"]) == ("10", 1, 2, False)

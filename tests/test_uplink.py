@@ -161,3 +161,12 @@ def test_mqtt_command_request_response(make_agent, broker: Broker, watcher: Watc
     watcher.wait_for(lambda ms: [m for m in ms if m.json and m.json.get("data", {}).get("text") == "from the office"])
     cmds = watcher.wait_for(lambda ms: (c := [m.json for m in ms if "/event/command" in m.topic])[3:] and c)
     assert {c["data"]["command"] for c in cmds} == {"note", "ping", "sim"}
+
+
+def test_note_never_carries_a_full_id_number(make_agent, watcher: Watcher) -> None:
+    agent = make_agent().start()
+    watcher.wait_for(_status(watcher, "online"))
+    agent.call("note", text="seat 12 (410105199001011234) felt ill, left at 9:40")
+    note = watcher.wait_for(lambda ms: [m for m in ms if "/event/note" in m.topic])[0]
+    assert note.json["data"]["text"] == "seat 12 (410105********1234) felt ill, left at 9:40"
+    assert b"199001011234" not in note.raw
