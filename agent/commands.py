@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 REMOTE = frozenset({"ping", "status", "note", "selftest", "snapshot", "audio_switch", "trial_listening"})
 MAX_NOTE = 2000
+MAX_REMOTE_RUNNING = 4
 
 
 def _text(args: dict[str, Any], key: str, limit: int = 200, required: bool = True) -> str:
@@ -38,6 +39,7 @@ def _text(args: dict[str, Any], key: str, limit: int = 200, required: bool = Tru
 class Commands:
     def __init__(self, agent: "Agent") -> None:
         self.agent = agent
+        self._slots = threading.BoundedSemaphore(MAX_REMOTE_RUNNING)
         # One live table: the control server holds this very dict, so commands
         # registered later (by the room's exam components) are served too.
         self.table: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -109,8 +111,25 @@ class Commands:
         """Called on paho's network thread: a trial listening or a self-test takes seconds, which
         would stall the MQTT loop past the keep-alive, so each command runs on its own thread
         (as control-socket commands do)."""
-        threading.Thread(target=self._run_mqtt, args=(topic, payload, props),
-                         name="mqtt-command", daemon=True).start()
+        if not self._slots.acquire(blocking=False):  # a burst of commands must not pile up threads
+            name = topic.rsplit("/", 1)[-1]
+            log.warning("MQTT command %s refused: %d already running", name, MAX_REMOTE_RUNNING)
+            self.agent.uplink.publish_reply(
+                getattr(props, "ResponseTopic", None) or f"{self.agent.config.base_topic}/reply/{name}",
+                {"request_id": None, "command": name, "ok": False,
+                 "error": f"busy: {MAX_REMOTE_RUNNING} commands are running; try again"},
+                getattr(props, "CorrelationData", None))
+            return
+
+        def run() -> None:
+            try:
+                self._run_mqtt(topic, payload, props)
+            except Exception:
+                log.exception("MQTT command on %s failed", topic)
+            finally:
+                self._slots.release()
+
+        threading.Thread(target=run, name="mqtt-command", daemon=True).start()
 
     def _run_mqtt(self, topic: str, payload: bytes, props: Any) -> None:
         name = topic.rsplit("/", 1)[-1]
@@ -127,9 +146,9 @@ class Commands:
                                    f"accepted: {', '.join(sorted(REMOTE))}")
             args = req.get("args") or {}
             if name == "selftest" and isinstance(args, dict):
-                # from afar, a self-test only reads: a tone or a relay click in a room
-                # needs the person in that room to say yes
-                args = {**args, "act": args.get("act", False)}
+                # from afar, a self-test only reads: a tone or a relay click in a room full
+                # of candidates needs the person in that room to say yes
+                args = {**args, "act": False}
             line = json.dumps({"cmd": name, "args": args}).encode()
             reply = dispatch(self.table, line)
         except (json.JSONDecodeError, UnicodeDecodeError):
