@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 DEBS=(
   python3 python3-venv python3-dev gcc pkg-config
+  openssl                              # TLS checks in the config and the PKI tests
   mosquitto mosquitto-clients          # the broker (tests and demo start private instances)
   pcscd vsmartcard-vpcd libpcsclite-dev # PC/SC stack + virtual reader; headers for pyscard
   libasound2-dev alsa-utils            # ALSA capture (pyalsaaudio builds against it)
@@ -21,7 +22,11 @@ for p in "${DEBS[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "setup: installing Debian packages: ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+    SUDO="sudo"
+  fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
