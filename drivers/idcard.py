@@ -160,6 +160,9 @@ class SerialIdCardReader(Driver):
                     self._poll()
                 except OSError as exc:  # pyserial's SerialException is an OSError
                     self._lost(exc)
+                except Exception as exc:  # a bug must not silently end card reading for the day
+                    log.exception("%s: reader loop failed; reopening the port", self.name)
+                    self._lost(OSError(f"internal error: {type(exc).__name__}: {exc}"))
             self._stopping.wait(self._opt("poll_interval_s"))
 
     def _hello(self) -> None:
