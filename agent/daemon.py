@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import __version__
-from agent.bus import Bus
+from drivers.bus import Bus
 from agent.commands import Commands
 from agent.config import Config
 from agent.control import ControlServer

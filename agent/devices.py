@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable
 
 import drivers
-from agent.bus import Bus
+from drivers.bus import Bus
 from agent.config import DeviceConfig
 from agent.metrics import Metrics
 from drivers.base import ABSENT, FAULT, OK, DeviceStatus, Driver, SelftestResult, SelftestStep

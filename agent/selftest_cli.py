@@ -114,7 +114,7 @@ def _confirm(chosen: list[DeviceConfig], yes: bool) -> bool:
 
 def _offline(cfg: Config, chosen: list[DeviceConfig], act: bool, allow_absent: bool) -> dict[str, Any]:
     """Open only the devices under test, on a private bus; always close them again."""
-    from agent.bus import Bus
+    from drivers.bus import Bus
     from agent.devices import Devices, selftest_verdict
     from agent.metrics import Metrics
 

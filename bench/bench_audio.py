@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.bus import Bus
+from drivers.bus import Bus
 from drivers.audio import AlsaAudioMonitor, SimAudioMonitor
 from drivers.audio_levels import LevelAnalyzer, Thresholds
 from drivers.events import AudioLevels

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import BROKER_CONF, Counter  # noqa: E402
 
-from agent.bus import DeviceEvent  # noqa: E402
+from drivers.bus import DeviceEvent  # noqa: E402
 from agent.config import load  # noqa: E402
 from agent.daemon import Agent  # noqa: E402
 from agent.localbroker import Broker  # noqa: E402
@@ -132,7 +132,7 @@ class Probe:
         self.published: list[tuple[DeviceEvent, float]] = []  # (event, published at)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        emit, publish = agent.emit, agent.bus.publish
+        emit, publish = agent.emit, drivers.bus.publish
 
         def timed_emit(kind: str, data: dict[str, Any]) -> Any:
             t0 = time.perf_counter()
@@ -154,7 +154,7 @@ class Probe:
                 self._cond.notify_all()
 
         agent.emit = timed_emit  # type: ignore[method-assign]
-        agent.bus.publish = timed_publish  # type: ignore[method-assign]
+        drivers.bus.publish = timed_publish  # type: ignore[method-assign]
 
     def wait_event(self, pred: Callable[[DeviceEvent], bool], since: int, timeout: float = 10) -> float:
         """perf_counter time a matching event was published on the bus (index >= since)."""
@@ -229,7 +229,7 @@ def latency(tmp: Path, port: int, plan_size: int, n: int, sync: str, camera: boo
             ev = CardPresented(device="idcard", identity=identity(ids[seat], seat + 1))
             k = len(probe.emits)
             t0 = time.perf_counter()
-            agent.bus.publish(ev)
+            drivers.bus.publish(ev)
             t1 = time.perf_counter()
             sub.wait(i + 1)
             t_sub = sub.received[i][0]

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from agent.bus import Bus, DeviceEvent
+from drivers.bus import Bus, DeviceEvent
 
 
 class DeviceError(Exception):

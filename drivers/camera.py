@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from agent.bus import Bus
+from drivers.bus import Bus
 from drivers.base import DeviceAbsent, DeviceError, DeviceTimeout, Option, SimulationError
 from drivers.camera_base import COMMON_OPTIONS, CameraBase
 

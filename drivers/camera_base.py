@@ -25,7 +25,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 from PIL import Image
 
-from agent.bus import Bus
+from drivers.bus import Bus
 from drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus,
                           DeviceTimeout, Driver, Option, ProtocolError, SelftestResult,
                           SelftestStep)

@@ -30,7 +30,7 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
-from agent.bus import Bus
+from drivers.bus import Bus
 from drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus,
                           Driver, Option, ProtocolError, SelftestResult, SelftestStep,
                           SimulationError)

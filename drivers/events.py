@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.bus import DeviceEvent
+from drivers.bus import DeviceEvent
 from drivers.gb11643 import mask_id
 
 

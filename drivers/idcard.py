@@ -19,7 +19,7 @@ import tty
 from datetime import date
 from typing import Any, Callable
 
-from agent.bus import Bus
+from drivers.bus import Bus
 from drivers.base import (
     ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus, DeviceTimeout, Driver, Option,
     ProtocolError, SelftestResult, SelftestStep, SimulationError,

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, Callable, ClassVar
 
-from agent.bus import Bus
+from drivers.bus import Bus
 from drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceStatus, Driver, Option,
                           SelftestResult, SelftestStep, SimulationError)
 from drivers.events import DetectorArmed, DeviceStateChanged, MetalAlarm, SweepButton

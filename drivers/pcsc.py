@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-from agent.bus import Bus
+from drivers.bus import Bus
 
 from drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceStatus, Driver, Option,
                           SelftestResult, SelftestStep, SimulationError)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from agent.bus import Bus, DeviceEvent
+from drivers.bus import Bus, DeviceEvent
 from drivers.audio import AlsaAudioMonitor, SimAudioMonitor
 from drivers.audio_levels import LevelAnalyzer, Thresholds, TrialRecorder
 from drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError

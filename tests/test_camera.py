@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import drivers
-from agent.bus import Bus, DeviceEvent
+from drivers.bus import Bus, DeviceEvent
 from drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError
 from drivers.camera import PiCamera, SimCamera
 from drivers.camera_base import COMMON_OPTIONS, prune_snapshots, sanitise_tag

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from agent.bus import Bus, DeviceEvent
+from drivers.bus import Bus, DeviceEvent
 from drivers import driver_class
 from drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, ProtocolError, SimulationError
 from drivers.clock import (ClockReading, SimClock, SystemClock, Timex, parse_chrony_tracking,

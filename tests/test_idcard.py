@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from agent.bus import Bus, DeviceEvent
+from drivers.bus import Bus, DeviceEvent
 from drivers import driver_class
 from drivers.base import ABSENT, FAULT, OK, STOPPED, SimulationError
 from drivers.events import CardPresented, CardRemoved, DeviceStateChanged, Identity, ReaderGarbage

@@ -9,7 +9,7 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
-from agent.bus import Bus, DeviceEvent
+from drivers.bus import Bus, DeviceEvent
 from drivers import driver_class
 from drivers.base import ABSENT, FAULT, OK, STOPPED, SimulationError
 from drivers.events import DetectorArmed, DeviceStateChanged, MetalAlarm, SweepButton

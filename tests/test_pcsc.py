@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from agent.bus import Bus, DeviceEvent
+from drivers.bus import Bus, DeviceEvent
 from drivers import driver_class
 from drivers.base import ABSENT, OK, STOPPED, SimulationError
 from drivers.events import CardPresented, CardRemoved, DeviceStateChanged, ReaderGarbage

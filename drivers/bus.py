@@ -1,5 +1,8 @@
 """In-process typed event bus between drivers and the agent.
 
+It lives with the drivers because they publish on it: drivers depend on nothing
+in agent/, so a driver can be used (and tested) without the daemon.
+
 Modelled on zigbee2mqtt's event bus: listeners subscribe to an event type (and
 get its subclasses too), dispatch is synchronous in the publishing thread so
 ordering is the driver's own, and a listener that raises is logged and counted,
