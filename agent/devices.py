@@ -76,11 +76,19 @@ class Devices:
             raise LookupError(f"no device named {name!r}; devices: {', '.join(self.drivers) or 'none'}") from None
 
     def _status(self, drv: Driver) -> DeviceStatus:
+        """Each device is a collector, as in node_exporter: whether its status could be
+        read and how long that took are metrics of their own."""
+        t0 = time.monotonic()
+        ok = True
         try:
             return drv.status()
         except Exception as e:
+            ok = False
             log.exception("device %s status failed", drv.name)
             return DeviceStatus(FAULT, f"status failed: {e}")
+        finally:
+            self.metrics.status_seconds.labels(device=drv.name).set(time.monotonic() - t0)
+            self.metrics.status_ok.labels(device=drv.name).set(1 if ok else 0)
 
     def statuses(self) -> dict[str, dict[str, Any]]:
         out = {}

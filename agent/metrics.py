@@ -28,6 +28,10 @@ class Metrics:
                                        "Exceptions caught in MQTT callbacks", registry=r)
         self.device_up = Gauge("examroom_device_up", "1 when the device is present and working",
                                ["device", "kind"], registry=r)
+        self.status_ok = Gauge("examroom_device_status_success",
+                               "1 when the device's status could be read", ["device"], registry=r)
+        self.status_seconds = Gauge("examroom_device_status_duration_seconds",
+                                    "How long reading the device's status took", ["device"], registry=r)
         self.selftest_ok = Gauge("examroom_selftest_success", "1 when the device's last self-test passed",
                                  ["device"], registry=r)
         self.selftest_seconds = Gauge("examroom_selftest_duration_seconds",
