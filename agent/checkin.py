@@ -13,6 +13,14 @@ the press or alarm is still published, as ``sweep`` with ``unassociated: true``.
 Re-entry: a candidate who left (``leave``) is admitted again by card or by
 hand, even after the late cutoff (they are not late), and must be swept again.
 
+Photos: with a camera, each verdict but ``left`` is photographed *after* it is
+published, never before: the ``checkin`` carries ``snapshot: {"pending": true,
+"tag": ...}`` and the ``snapshot`` callable gets the request with ``about``,
+which names the check-in (its event id). The callable only queues it (the room
+takes the photo on its own thread and emits a ``snapshot`` event whose ``for``
+is ``about``), so the door, the metal detector and the sweep buttons never wait
+for capture + JPEG + fsync under the station lock.
+
 Restart safety: each state change is appended to a JSON-lines journal (fsync)
 after it was emitted, and ``start()`` replays it. A crash between the two can
 at worst make a later tap re-publish an admission; it can never lose one.
@@ -28,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from agent import session_record as rec
+from agent.events import Event
 from agent.schedule import Phase, Schedule, Session
 from agent.seatplan import Candidate, SeatPlan
 from drivers.events import CardPresented, MetalAlarm, SweepButton
@@ -35,8 +44,8 @@ from drivers.gb11643 import is_valid, mask_id, mask_ids_in_text
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, dict[str, Any]], None]
-Snapshot = Callable[[str], "dict[str, Any] | None"]
+Emit = Callable[[str, dict[str, Any]], "Event | None"]  # None: refused telemetry (or a test's list)
+Snapshot = Callable[[str, dict[str, Any]], None]  # (tag, about): fire and forget
 REQUIRED_CONFIRMATIONS = 2
 
 
@@ -109,11 +118,12 @@ class CheckinStation:
                 os.fsync(f.fileno())
         self._apply(session_id, kind, data)
 
-    def _publish(self, session_id: str | None, kind: str, data: dict[str, Any]) -> dict[str, Any]:
-        self._emit(kind, data)
+    def _publish(self, session_id: str | None, kind: str, data: dict[str, Any]) -> str | None:
+        """Emit, then journal; returns the event's id so a later event can point at it."""
+        event = self._emit(kind, data)
         if session_id is not None:
             self._commit(session_id, kind, data)
-        return data
+        return event.id if event is not None else None
 
     def _state(self, session: Session) -> rec.SessionState:
         if self._started_at is None:
@@ -138,16 +148,21 @@ class CheckinStation:
             "method": method, "device": device, "time": now,
             "seatplan_sha256": self._plan.sha256, **extra,
         }
-        if self._snapshot is not None and verdict != "left":
-            tag = f"{verdict}-{data['session'] or 'none'}-{data['seat'] or 'unknown'}"
-            try:
-                data["snapshot"] = self._snapshot(tag)
-            except Exception as e:  # a camera fault must not block the door
-                log.warning("snapshot %s failed: %s", tag, e)
-                data["snapshot"] = {"error": str(e)}
+        snapshot = self._snapshot if verdict != "left" else None
+        tag = f"{verdict}-{data['session'] or 'none'}-{data['seat'] or 'unknown'}"
+        if snapshot is not None:
+            data["snapshot"] = {"pending": True, "tag": tag}
         if session is not None:
             self._state(session)
-        return self._publish(session.id if session else None, "checkin", data)
+        event_id = self._publish(session.id if session else None, "checkin", data)
+        if snapshot is not None:
+            about = {"kind": "checkin", "id": event_id, "session": data["session"], "seat": data["seat"],
+                     "verdict": verdict}
+            try:
+                snapshot(tag, about)
+            except Exception as e:  # the verdict is out: a camera problem costs the photo, not the door
+                log.warning("snapshot %s not requested: %s", tag, e)
+        return data
 
     def _admit(self, cand: Candidate, session: Session | None, phase: Phase, now: float,
                method: str, device: str, **extra: Any) -> dict[str, Any]:
@@ -280,10 +295,10 @@ class CheckinStation:
                 raise SameProctor(f"seat {cand.seat}: {who} has already confirmed; "
                                   "a second, different proctor must confirm")
             proctors = [*st.confirmations, who]
-            data = self._publish(session.id, "suspect_confirm", {
-                "session": session.id, "seat": cand.seat, "proctor": who, "time": now,
-                "confirmations": len(proctors), "required": REQUIRED_CONFIRMATIONS,
-                "passed": len(proctors) >= REQUIRED_CONFIRMATIONS})
+            data = {"session": session.id, "seat": cand.seat, "proctor": who, "time": now,
+                    "confirmations": len(proctors), "required": REQUIRED_CONFIRMATIONS,
+                    "passed": len(proctors) >= REQUIRED_CONFIRMATIONS}
+            self._publish(session.id, "suspect_confirm", data)
             if data["passed"]:  # a candidate doubted after being swept in the room is not swept again
                 return self._checkin("admitted", session, now, "manual", "manual", cand, reentry=False,
                                      sweep_required=st.before_suspect != "admitted",
@@ -322,7 +337,8 @@ class CheckinStation:
     def _unassociated(self, session: Session | None, trigger: str, device: str, now: float) -> dict[str, Any]:
         data = {"session": session.id if session else None, "seat": None, "unassociated": True,
                 "trigger": trigger, "device": device, "time": now}
-        return self._publish(session.id if session and session.id in self._states else None, "sweep", data)
+        self._publish(session.id if session and session.id in self._states else None, "sweep", data)
+        return data
 
     def _close_sweep(self, session: Session, p: rec.PendingSweep, now: float, device: str,
                      result: str | None = None) -> dict[str, Any]:
@@ -331,11 +347,13 @@ class CheckinStation:
         if result is None:
             result = ("clear" if p.alarms == 0 else "alarm_expected_medical" if exempt
                       else "alarm_cleared_after_recheck" if p.rechecks else "alarm_cleared_without_recheck")
-        return self._publish(session.id, "sweep", {
+        data = {
             "session": session.id, "seat": p.seat, "unassociated": False, "device": device,
             "alarms": p.alarms, "rechecks": p.rechecks, "started": p.started, "cleared": now,
             "duration_s": round(now - p.started, 3), "medical_metal_exempt": exempt,
-            "result": result, "time": now})
+            "result": result, "time": now}
+        self._publish(session.id, "sweep", data)
+        return data
 
     def on_metal_alarm(self, ev: MetalAlarm) -> dict[str, Any] | None:
         """Counts rising edges only: a detector that repeats "active" is still one alarm."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,19 +49,24 @@ class Room:
         self.station: CheckinStation | None = None
         self.audio: AudioWatch | None = None
         self._names: list[str] = []
+        self._cameras: list[str] = []  # configured camera names, known before the drivers exist
+        # check-in photos are taken here, one at a time and in order, so the door never waits
+        # for capture + JPEG + fsync; a second worker would only race the first for the camera
+        self._shots = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkin-snapshot")
 
     # -- life cycle ---------------------------------------------------------
     def start(self) -> None:
         """Load exam data and subscribe; before devices start, so no early event is missed."""
         a, cfg = self.agent, self.agent.config
         schedule = cfg.schedule
+        self._cameras = [dc.name for dc in cfg.devices if dc.kind == "camera"]
         if cfg.checkin["seatplan"]:
             plan = load_seatplan(cfg.checkin["seatplan"], cfg.room["id"])
             self._names = sorted({c.name for c in plan.candidates if c.name}, key=len, reverse=True)
             if schedule is None:  # seat plans travel before the day's timetable: every card is "outside_window"
                 log.warning("seat plan loaded but no [[exam]] session configured: check-in stays closed")
             self.station = CheckinStation(plan, schedule or Schedule(()), a.emit, a.clock, cfg.checkin["record_dir"],
-                                          snapshot=self._snapshot_for_checkin,
+                                          snapshot=self._snapshot_for_checkin if self._cameras else None,
                                           journal_path=cfg.checkin["journal"])
             self.station.start()
             bus = a.bus
@@ -88,7 +93,9 @@ class Room:
             a.commands.register(name, fn)
 
     def stop(self) -> None:
-        pass
+        """Waits for the photos already asked for: each one's ``snapshot`` event is evidence the
+        aggregator joins to a ``checkin``, and the camera and spool are still running here."""
+        self._shots.shutdown(wait=True)
 
     def tick(self) -> None:
         if self.station is not None:
@@ -148,13 +155,26 @@ class Room:
         cams = [d for d in self.agent.devices.of_kind("camera") if d.status().state == OK]
         return cams[0] if cams else None
 
-    def _snapshot_for_checkin(self, tag: str) -> dict[str, Any] | None:
+    def _snapshot_for_checkin(self, tag: str, about: dict[str, Any]) -> None:
+        """The station's photo of a verdict: queued, so the station lock (which also orders metal
+        alarms and sweep buttons) is never held for the camera."""
+        self._shots.submit(self._take_checkin_snapshot, tag, about)
+
+    def _take_checkin_snapshot(self, tag: str, about: dict[str, Any]) -> None:
+        """Every request ends in one ``snapshot`` event naming its check-in in ``for``: the photo,
+        or why there is none, so an aggregator waiting on a pending marker always hears back."""
         cam = self._camera()
-        if cam is None:
-            return None
-        shot = cam.snapshot(tag)
-        # check-in data keeps times as epoch seconds (docs/events-checkin.md); the camera says ISO 8601
-        return {**shot, "ts": datetime.fromisoformat(shot["ts"]).timestamp()}
+        try:
+            if cam is None:
+                raise RuntimeError("no working camera")
+            data = {"device": cam.name, **cam.snapshot(tag)}
+        except Exception as e:  # a failing camera costs the photo, never the worker
+            log.warning("check-in snapshot %s failed: %s", tag, e)
+            data = {"device": cam.name if cam else self._cameras[0], "error": str(e)}
+        try:
+            self.agent.emit("snapshot", {**data, "for": about})
+        except Exception:  # nobody reads this worker's futures: say it here
+            log.exception("snapshot event for check-in %s not spooled", about.get("id"))
 
     def _audio_device(self, name: str | None):
         if name:

@@ -12,10 +12,17 @@ private Mosquitto on 127.0.0.1 with a subscriber, as in bench_core:
     returning (identity checks, lookup, spool commit: the agent's share), emit()
     returning -> subscriber (the MQTT leg), and what the listener still does after
     emit (the check-in journal append + fsync), which blocks the driver thread but
-    not delivery.
+    not delivery. With ``camera``, a sim camera is configured: the station publishes
+    the verdict with a pending marker and queues the photo; the room's worker thread
+    takes it and emits a ``snapshot`` event. Reported apart: the camera's own time
+    (in the worker, off the check-in path) and checkin -> its snapshot event, which
+    includes queueing: the cards come back to back here, far faster than a door
+    (about 0.9 s per candidate, see (b)), so the queue grows through the run and
+    agent.stop() waits for it to drain.
 (b) a room of 30 candidates through the real ``SimIdCardReader`` (pty + SAM
     protocol, default 0.3 s poll) and ``SimMetalDetector`` (clear button, a few
-    alarms + recheck): total wall time, and where it went.
+    alarms + recheck), and a sim camera unless --no-camera: total wall time, where it
+    went, and checkin -> its snapshot event at a door's pace.
 
 Run: .venv/bin/python bench/bench_checkin.py [--n 1000] [--sync full normal] [--skip-room]
 """
@@ -132,7 +139,7 @@ class Probe:
         self.published: list[tuple[DeviceEvent, float]] = []  # (event, published at)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        emit, publish = agent.emit, drivers.bus.publish
+        emit, publish = agent.emit, agent.bus.publish
 
         def timed_emit(kind: str, data: dict[str, Any]) -> Any:
             t0 = time.perf_counter()
@@ -154,7 +161,7 @@ class Probe:
                 self._cond.notify_all()
 
         agent.emit = timed_emit  # type: ignore[method-assign]
-        drivers.bus.publish = timed_publish  # type: ignore[method-assign]
+        agent.bus.publish = timed_publish  # type: ignore[method-assign]
 
     def wait_event(self, pred: Callable[[DeviceEvent], bool], since: int, timeout: float = 10) -> float:
         """perf_counter time a matching event was published on the bus (index >= since)."""
@@ -170,16 +177,24 @@ class Probe:
             return found[0]
 
 
+def photo_lags(probe: Probe) -> list[float]:
+    """Seconds from each ``checkin`` emit to its ``snapshot`` emit. One worker takes the photos
+    in the order they were asked for, so the i-th snapshot is the i-th check-in's."""
+    checkins = [out for kind, _, out in probe.emits if kind == "checkin"]
+    shots = [out for kind, _, out in probe.emits if kind == "snapshot"]
+    assert len(shots) == len(checkins), (len(shots), len(checkins))
+    return [b - a for a, b in zip(checkins, shots)]
+
+
 def pct(samples: list[float]) -> tuple[float, float, float]:
     """p50, p99, max in ms."""
     q = statistics.quantiles(samples, n=100)
     return statistics.median(samples) * 1000, q[98] * 1000, max(samples) * 1000
 
 
-def start_agent(cfg: Path, port: int, topic_suffix: str,
-                agent: Agent | None = None) -> tuple[Agent, Probe, Counter, float]:
+def start_agent(cfg: Path, port: int, topic_suffix: str) -> tuple[Agent, Probe, Counter, float]:
     t0 = time.perf_counter()
-    agent = agent or Agent(load(cfg))
+    agent = Agent(load(cfg))
     probe = Probe(agent)
     agent.start()
     startup = time.perf_counter() - t0
@@ -202,15 +217,16 @@ snapshot_dir = "{dir}"
 
 
 def latency(tmp: Path, port: int, plan_size: int, n: int, sync: str, camera: bool = False) -> dict[str, Any]:
-    """``camera``: a sim camera is configured, so every verdict carries a JPEG snapshot, as in a real room."""
+    """``camera``: a sim camera is configured, so every verdict is photographed, as in a real room."""
     ids = make_ids(plan_size)
     plan = write_plan(tmp, ids)
     devices = CAMERA_DEVICE.format(dir=tmp / f"snapshots-{time.time_ns()}") if camera else ""
     cfg = write_config(tmp, port, plan, sync, devices)
-    agent = Agent(load(cfg))
+    agent, probe, sub, startup = start_agent(cfg, port, "event/checkin")
     snap_s: list[float] = []
-    if camera:
-        snapshot = agent.room._snapshot_for_checkin
+    if camera:  # the driver exists once the agent started; the room looks up .snapshot per call
+        cam = agent.devices.get("camera")
+        snapshot = cam.snapshot
 
         def timed_snapshot(tag: str) -> Any:
             t0 = time.perf_counter()
@@ -219,8 +235,7 @@ def latency(tmp: Path, port: int, plan_size: int, n: int, sync: str, camera: boo
             finally:
                 snap_s.append(time.perf_counter() - t0)
 
-        agent.room._snapshot_for_checkin = timed_snapshot  # type: ignore[method-assign]
-    agent, probe, sub, startup = start_agent(cfg, port, "event/checkin", agent)
+        cam.snapshot = timed_snapshot  # type: ignore[method-assign]
     verdicts: dict[str, int] = defaultdict(int)
     agent_s, emit_s, after_s, mqtt_s, e2e_s = [], [], [], [], []
     try:
@@ -229,11 +244,11 @@ def latency(tmp: Path, port: int, plan_size: int, n: int, sync: str, camera: boo
             ev = CardPresented(device="idcard", identity=identity(ids[seat], seat + 1))
             k = len(probe.emits)
             t0 = time.perf_counter()
-            drivers.bus.publish(ev)
+            agent.bus.publish(ev)
             t1 = time.perf_counter()
             sub.wait(i + 1)
             t_sub = sub.received[i][0]
-            _, e_in, e_out = probe.emits[k]
+            _, e_in, e_out = next(e for e in probe.emits[k:] if e[0] == "checkin")  # photos interleave
             verdicts[json.loads(sub.received[i][1])["data"]["verdict"]] += 1
             agent_s.append(e_out - t0)
             emit_s.append(e_out - e_in)
@@ -242,10 +257,11 @@ def latency(tmp: Path, port: int, plan_size: int, n: int, sync: str, camera: boo
             e2e_s.append(t_sub - t0)
     finally:
         sub.close()
-        agent.stop()
+        agent.stop()  # drains the photo queue
     tenth = max(n // 10, 1)
     return {"plan": plan_size, "sync": sync, "n": n, "startup_s": startup, "verdicts": dict(verdicts),
             "camera": camera, "snapshot": pct(snap_s) if snap_s else None,
+            "photo_lag": pct(photo_lags(probe)) if camera else None,
             "drift": (statistics.median(agent_s[:tenth]) * 1000, statistics.median(agent_s[-tenth:]) * 1000),
             "snap_drift": ((statistics.median(snap_s[:tenth]) * 1000, statistics.median(snap_s[-tenth:]) * 1000)
                            if snap_s else None),
@@ -259,7 +275,7 @@ def print_latency(r: dict[str, Any]) -> None:
         print(f"    {label:<44} p50 {v[0]:7.2f}  p99 {v[1]:7.2f}  max {v[2]:7.2f} ms")
 
     verdicts = ", ".join(f"{k} {v}" for k, v in sorted(r["verdicts"].items()))
-    cam = ", sim camera (snapshot per verdict)" if r["camera"] else ""
+    cam = ", sim camera (photo per verdict, queued)" if r["camera"] else ""
     print(f"  plan {r['plan']:>5} seats, spool sync={r['sync']}{cam}, n={r['n']} ({verdicts}); "
           f"agent start incl. plan load {r['startup_s'] * 1000:.0f} ms")
     row("end to end: bus.publish -> subscriber", r["e2e"])
@@ -269,7 +285,8 @@ def print_latency(r: dict[str, Any]) -> None:
     row("listener after emit (journal append+fsync)", r["after"])
     row("whole listener (driver thread blocked)", r["listener"])
     if r["snapshot"]:
-        row("  snapshot (inside agent share)", r["snapshot"])
+        row("camera snapshot (worker thread, off the path)", r["snapshot"])
+        row("checkin emitted -> its snapshot emitted", r["photo_lag"])
         print(f"    snapshot p50, first vs last tenth of the run   {r['snap_drift'][0]:.2f} -> "
               f"{r['snap_drift'][1]:.2f} ms")
     print(f"    agent share p50, first vs last tenth of the run {r['drift'][0]:.2f} -> {r['drift'][1]:.2f} ms")
@@ -291,10 +308,13 @@ backend = "sim"
 """
 
 
-def whole_room(tmp: Path, port: int, seats: int, poll: float, alarm_every: int) -> None:
+def whole_room(tmp: Path, port: int, seats: int, poll: float, alarm_every: int, camera: bool) -> None:
     ids = make_ids(seats)
     plan = write_plan(tmp, ids)
-    cfg = write_config(tmp, port, plan, "full", ROOM_DEVICES.format(poll=poll))
+    devices = ROOM_DEVICES.format(poll=poll)
+    if camera:
+        devices += CAMERA_DEVICE.format(dir=tmp / f"snapshots-{time.time_ns()}")
+    cfg = write_config(tmp, port, plan, "full", devices)
     agent, probe, sub, _ = start_agent(cfg, port, "event/#")
     reader, detector = agent.devices.get("idcard"), agent.devices.get("detector")
 
@@ -352,7 +372,8 @@ def whole_room(tmp: Path, port: int, seats: int, poll: float, alarm_every: int) 
     agent_total = sum(listener.values())
     reader_total, detector_total = sum(tap_to_card), sum(press_to_button)
     mqtt_total = sum(card_to_sub) + sum(button_to_sub)
-    print(f"  {seats} candidates, reader poll {poll} s, alarm+recheck every {alarm_every}th; "
+    print(f"  {seats} candidates, reader poll {poll} s, alarm+recheck every {alarm_every}th"
+          f"{', sim camera' if camera else ''}; "
           f"check-ins: {dict(verdicts)}; sweeps: {dict(results)}")
     print(f"    total wall time (first tap -> last sweep at subscriber) {wall:8.2f} s  "
           f"({wall / seats:.2f} s per candidate; process CPU {cpu:.2f} s = {100 * cpu / wall:.1f} % of a core)")
@@ -369,6 +390,9 @@ def whole_room(tmp: Path, port: int, seats: int, poll: float, alarm_every: int) 
           f"{100 * mqtt_total / wall:5.2f} %   checkin p50 {statistics.median(card_to_sub) * 1000:.2f} ms "
           f"max {max(card_to_sub) * 1000:.2f} ms; sweep p50 {statistics.median(button_to_sub) * 1000:.2f} ms")
     print("    the rest is the script's waits (card removal, alarm/recheck sequence, button release)")
+    if camera:
+        lag = pct(photo_lags(probe))  # no p99 of 30 samples
+        print(f"    sim camera: checkin emitted -> its snapshot emitted p50 {lag[0]:.2f}  max {lag[2]:.2f} ms")
 
 
 def main() -> None:
@@ -380,7 +404,7 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=0.3, help="sim reader poll_interval_s (driver default 0.3)")
     ap.add_argument("--alarm-every", type=int, default=10)
     ap.add_argument("--skip-room", action="store_true")
-    ap.add_argument("--no-camera", action="store_true", help="skip the runs with a sim camera snapshot")
+    ap.add_argument("--no-camera", action="store_true", help="no sim camera: skip its runs, and none in the room")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -398,7 +422,7 @@ def main() -> None:
                     print_latency(latency(tmp, broker.port, size, a.n, "full", camera=True))
             if not a.skip_room:
                 print("(b) whole room through SimIdCardReader (pty + SAM protocol) and SimMetalDetector")
-                whole_room(tmp, broker.port, a.room_seats, a.poll, a.alarm_every)
+                whole_room(tmp, broker.port, a.room_seats, a.poll, a.alarm_every, not a.no_camera)
         finally:
             broker.kill()
 

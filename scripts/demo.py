@@ -118,7 +118,7 @@ def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
     say("Seat 9: the card will not read; the proctor admits by the last 6 ID digits")
     room.do("checkin_admit", id_last6=ids[9][-6:], proctor="proctor-A")
     room.sweep()
-    say("Seat 10: photo does not match well: marked suspect (存疑), snapshot taken; two proctors confirm")
+    say("Seat 10: photo does not match well: marked suspect (存疑), photographed; two proctors confirm")
     room.tap_id(ids[10])
     room.do("checkin_suspect", seat="10", proctor="proctor-A", reason="photo unclear")
     room.do("checkin_confirm", seat="10", proctor="proctor-A")

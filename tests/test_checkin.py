@@ -1,9 +1,9 @@
 import csv
-import hashlib
 import json
 import re
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -111,15 +111,15 @@ def clock():
 
 @pytest.fixture
 def make(plan, schedule, emitted, clock, tmp_path):
+    """``build.snaps``: the photo requests the station handed to the camera, as (tag, about)."""
     snaps = []
 
-    def snapshot(tag):
-        snaps.append(tag)
-        return {"file": f"{tag}.jpg", "ts": clock(), "sha256": hashlib.sha256(tag.encode()).hexdigest()}
+    def snapshot(tag, about):
+        snaps.append((tag, about))
 
-    def build(journal=True, with_snapshot=True):
-        st = CheckinStation(plan, schedule, lambda k, d: emitted.append((k, d)), clock, tmp_path / "records",
-                            snapshot=snapshot if with_snapshot else None,
+    def build(journal=True, with_snapshot=True, emit=None):
+        st = CheckinStation(plan, schedule, emit or (lambda k, d: emitted.append((k, d))), clock,
+                            tmp_path / "records", snapshot=snapshot if with_snapshot else None,
                             journal_path=tmp_path / "checkin.journal" if journal else None)
         st.start()
         return st
@@ -147,10 +147,31 @@ def test_admitted_by_card_and_by_uid(make, emitted, plan):
     assert d["session"] == "math-am" and d["id_masked"] == mask_id(ID[3]) and d["ticket"] == "20260003"
     assert d["device"] == "idreader" and d["time"] == ts("2026-06-07T08:40:00")
     assert d["seatplan_sha256"] == plan.sha256 and d["reentry"] is False
-    assert d["snapshot"]["file"] == "admitted-math-am-3.jpg"
+    assert d["snapshot"] == {"pending": True, "tag": "admitted-math-am-3"}
     u = st.on_card(CardPresented("pcsc0", uid=UID1))
     assert (u["verdict"], u["seat"], u["method"], u["uid"]) == ("admitted", "1", "uid", UID1)
     assert emitted == [("checkin", d), ("checkin", u)]
+    assert [(tag, about["id"], about["seat"]) for tag, about in make.snaps] == [  # emit gave no event: no id
+        ("admitted-math-am-3", None, "3"), ("admitted-math-am-1", None, "1")]
+
+
+def test_photo_is_asked_for_after_its_checkin_is_published_and_names_it(make, emitted):
+    """The photo request carries the spooled event's id: the aggregator joins the follow-up
+    ``snapshot`` event to this ``checkin`` by it."""
+    def emit(kind, data):
+        assert len(make.snaps) == len(kinds(emitted, "checkin")), "a photo was asked for before its checkin"
+        emitted.append((kind, data))
+        return SimpleNamespace(id=f"ev-{len(emitted)}", seq=len(emitted))
+
+    st = make(emit=emit)
+    st.on_card(card(2))
+    nobody = st.on_card(CardPresented("pcsc0", uid="DEADBEEF"))
+    assert nobody["snapshot"] == {"pending": True, "tag": "unknown_card-math-am-unknown"}
+    st.leave(2)  # no photo of a candidate going out
+    assert [a for _, a in make.snaps] == [
+        {"kind": "checkin", "id": "ev-1", "session": "math-am", "seat": "2", "verdict": "admitted"},
+        {"kind": "checkin", "id": "ev-2", "session": "math-am", "seat": None, "verdict": "unknown_card"}]
+    assert "snapshot" not in kinds(emitted, "checkin")[-1]
 
 
 def test_refusal_verdicts(make, emitted):
@@ -292,7 +313,7 @@ def test_manual_admission_by_seat_last6_and_ticket(make, emitted):
 def test_suspect_needs_two_different_proctors(make, emitted):
     st = make()
     d = st.mark_suspect(4, "P1", f"photo does not match {ID[4]} {NAMES[4]}")
-    assert d["verdict"] == "suspect" and d["snapshot"]["file"] == "suspect-math-am-4.jpg"
+    assert d["verdict"] == "suspect" and d["snapshot"] == {"pending": True, "tag": "suspect-math-am-4"}
     assert mask_id(ID[4]) in d["reason"] and "***" in d["reason"]
     assert st.on_card(card(4))["verdict"] == "duplicate"
     with pytest.raises(CheckinError):
@@ -435,15 +456,17 @@ def test_restart_without_journal_marks_attendance_incomplete(make, clock, emitte
 
 
 def test_camera_fault_does_not_block_the_door(plan, schedule, emitted, clock, tmp_path):
-    def broken(tag):
+    def broken(tag, about):
         raise OSError("camera gone")
 
     st = CheckinStation(plan, schedule, lambda k, d: emitted.append((k, d)), clock, tmp_path, snapshot=broken)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="start"):
         st.on_card(card(1))
     st.start()
     d = st.on_card(card(1))
-    assert d["verdict"] == "admitted" and d["snapshot"] == {"error": "camera gone"}
+    assert d["verdict"] == "admitted" and d["snapshot"] == {"pending": True, "tag": "admitted-math-am-1"}
+    assert kinds(emitted, "checkin") == [d] and st.state()["admitted"] == 1
+    assert st.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"  # the lock was let go
 
 
 def test_state_for_status_command(make, clock):

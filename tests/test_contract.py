@@ -87,6 +87,8 @@ def _session(door: Door, agg: Aggregator, room, w: Watcher) -> None:
     mark = len(w.messages)
     door.sim("camera", "black")
     wait_kind(w, mark, "camera", lambda d: d["state"] == "abnormal")
+    door.tap_uid("0A0B0C0E")  # no working camera: the photo's answer is the error variant
+    wait_kind(w, mark, "snapshot", lambda d: "error" in d)
     mark = len(w.messages)
     door.sim("camera", "normal")
     wait_kind(w, mark, "camera", lambda d: d["state"] == "normal")  # snapshots need a working camera
@@ -181,6 +183,8 @@ def test_every_message_matches_the_contract(received):
                 "command"}
     assert expected <= kinds, f"the session did not exercise {sorted(expected - kinds)}"
     verdicts = {m.json["data"]["verdict"] for m in received if m.topic == f"{BASE}/event/checkin"}
+    photos = [m.json["data"] for m in received if m.topic == f"{BASE}/event/snapshot"]
+    assert {"error" in p for p in photos if "for" in p} == {True, False}, "both kinds of check-in photo answer"
     assert {"admitted", "unknown_card", "invalid_id", "suspect", "left", "late_refused"} <= verdicts
     states = {m.json["state"] for m in received if m.topic == f"{BASE}/status"}
     assert {"online", "alert", "offline"} <= states

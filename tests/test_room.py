@@ -22,7 +22,7 @@ import pytest
 from agent.localbroker import Broker
 from tests.agentproc import AgentProcess
 from tests.mqttwatch import Watcher
-from tests.room_config import (Aggregator, Door, Room, is_hb, kinds_after, room_config, settled,
+from tests.room_config import (BASE, Aggregator, Door, Room, is_hb, kinds_after, room_config, settled,
                                status_after, wait_kind, wait_status)
 
 NOT_IN_ROOM_ID = "110105199003070017"  # valid check digit, another room's candidate
@@ -94,6 +94,25 @@ def _entry(door: Door, room: Room, out: dict) -> None:
                                timeout=room.times["end"] - time.time() + 5)[0]["data"]
 
 
+def photo_of(checkin_run: dict, data: dict) -> dict:
+    """The check-in's follow-up ``snapshot`` event, joined as an aggregator does: by ``for.id``
+    = the ``checkin`` envelope's id. Asserts what holds for every photo of the run."""
+    room, w = checkin_run["room"], checkin_run["w"]
+    env = next(m.json for m in checkin_run["messages"]
+               if m.topic == f"{BASE}/event/checkin" and m.json["data"] == data)
+    assert data["snapshot"] == {"pending": True, "tag": f"{data['verdict']}-{data['session']}-{data['seat']}"}
+    shot = w.wait_for(lambda ms: next((m.json for m in ms if m.topic == f"{BASE}/event/snapshot"
+                                       and m.json["data"].get("for", {}).get("id") == env["id"]), None))
+    p = shot["data"]
+    assert shot["seq"] > env["seq"] and p["device"] == "camera"
+    assert p["for"] == {"kind": "checkin", "id": env["id"], "session": data["session"], "seat": data["seat"],
+                        "verdict": data["verdict"]}
+    assert p["file"].endswith(f"_{data['snapshot']['tag']}.jpg")
+    jpeg = (room.snapshot_dir / p["file"]).read_bytes()
+    assert hashlib.sha256(jpeg).hexdigest() == p["sha256"] and len(jpeg) == p["bytes"]
+    return p
+
+
 def test_checkin_run(checkin_run):
     room: Room = checkin_run["room"]
     ck, sw, c = checkin_run["checkin"], checkin_run["sweeps"], room.candidates
@@ -102,8 +121,7 @@ def test_checkin_run(checkin_run):
         assert (d["verdict"], d["seat"], d["method"], d["device"]) == ("admitted", seat, "card", "idcard"), d
         assert d["ticket"] == c[seat].ticket and d["id_masked"] == c[seat].id_masked
         assert d["session"] == room.session and d["reentry"] is False and d["sweep_required"] is True
-        assert d["snapshot"]["file"].endswith(f"admitted-{room.session}-{seat}.jpg")
-        assert (room.snapshot_dir / d["snapshot"]["file"]).is_file()
+        photo_of(checkin_run, d)
     assert {ck[s]["seatplan_sha256"] for s in ck if "verdict" in ck[s]} == {hashlib.sha256(room.seatplan.read_bytes()).hexdigest()}
     assert [sw[s]["result"] for s in ("1", "2", "8", "9")] == ["clear"] * 4
     assert (sw["5"]["result"], sw["5"]["alarms"], sw["5"]["rechecks"]) == ("alarm_cleared_after_recheck", 1, 1)
@@ -121,7 +139,7 @@ def test_checkin_run(checkin_run):
         "admitted", "9", "manual", "id_last6", "proctor-A", "manual")
     sus = ck["10-suspect"]
     assert (sus["verdict"], sus["seat"], sus["proctor"]) == ("suspect", "10", "proctor-A")
-    assert sus["snapshot"]["sha256"] and c["10"].name not in sus["reason"]
+    assert photo_of(checkin_run, sus)["for"]["verdict"] == "suspect" and c["10"].name not in sus["reason"]
     assert ck["note"]["text"] == f"*** ({c['3'].id_masked}) asked for water"  # a proctor's note, scrubbed
     assert c["10"].id_number not in sus["reason"] and "photo unclear" in sus["reason"]
     first = ck["10-confirm-A"]
