@@ -3,12 +3,16 @@
 The plan is distributed to the site before the exam and must match the physical
 room, so loading is strict: every mistake is reported at once (a technician fixes
 the file in one go), an ID number whose check digit is wrong is refused (it could
-never match a card read at the door), and a plan for another room is refused.
-ID numbers are personal data: no error message or ``repr`` shows one whole.
+never match a card read at the door), the file must say which room it is for (a
+plan copied to the wrong box is refused, not believed), and an unknown column is
+refused (a misspelt ``medical_metal`` would otherwise silently drop an implant's
+exemption). ID numbers and names are personal data: no error message or ``repr``
+shows an ID number whole or a name at all.
 """
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -18,10 +22,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from agent.errors import ConfigError, Problem
-from drivers.gb11643 import is_valid, mask_id
+from drivers.gb11643 import is_valid, mask_id, mask_ids_in_text
 
 REQUIRED = ("seat", "ticket", "name", "id_number")
 _FLAGS = ("medical_metal",)
+FIELDS = REQUIRED + ("card_uids", "photo") + _FLAGS  # the keys of one candidate
+CSV_COLUMNS = ("room",) + FIELDS                      # a CSV repeats its room on every row
+JSON_KEYS = ("room", "candidates")                    # a JSON plan gives its room once
 _UID = re.compile(r"^(?:[0-9A-F]{2}){4,10}$")
 _TRUE = {"true", "1", "yes", "y", "是"}
 _FALSE = {"false", "0", "no", "n", "否", ""}
@@ -35,6 +42,11 @@ def norm_seat(seat: Any) -> str:
 
 def norm_uid(uid: str) -> str:
     return re.sub(r"[\s:-]", "", uid).upper()
+
+
+def _same_room(a: Any, b: str) -> bool:
+    """Room "07" in the file is room "7" of the config, as for seats."""
+    return norm_seat(a) == norm_seat(b)
 
 
 @dataclass(frozen=True)
@@ -122,18 +134,64 @@ def _bool(v: Any) -> bool | None:
     return True if s in _TRUE else False if s in _FALSE else None
 
 
-def _rows_from_csv(text: str, file: str, problems: list[Problem]) -> list[tuple[str, dict[str, Any]]]:
+def _echo(v: Any) -> Any:
+    """A value as an error may show it: an ID number typed into any field is masked."""
+    if isinstance(v, str):
+        return mask_ids_in_text(v)
+    if isinstance(v, list):
+        return [_echo(x) for x in v]
+    if isinstance(v, dict):
+        return type(v).__name__  # an object may hold anything, a name included
+    if isinstance(v, int) and not isinstance(v, bool):  # an ID number given as a JSON number
+        masked = mask_ids_in_text(str(v))
+        return v if masked == str(v) else masked
+    return v
+
+
+def _hint(name: str, accepted: tuple[str, ...]) -> str:
+    """The accepted name a typo most likely meant: ``medical_metl`` is ``medical_metal``."""
+    close = difflib.get_close_matches(name.strip().lower(), accepted, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unknown(name: str, accepted: tuple[str, ...], kind: str) -> str:
+    """Name the stray column/key, the likely intended one, and every accepted one."""
+    return f"unknown {kind} {_echo(name)!r}{_hint(name, accepted)}; accepted {kind}s: {', '.join(accepted)}"
+
+
+def _csv_header(header: list[str], file: str, room_id: str, problems: list[Problem]) -> bool:
+    """Check the header row; False when rows cannot be read against it at all."""
+    expected = "expected the header row " + ",".join(CSV_COLUMNS) + " (card_uids, photo, medical_metal optional)"
+    if not header:
+        problems.append(Problem(file, "header", expected))
+        return False
+    if not any(h in CSV_COLUMNS or _hint(h, CSV_COLUMNS) for h in header):
+        # the first line is a candidate, not a header: never echo it (a name, an ID number)
+        problems.append(Problem(file, "header", "the first line names none of the columns; " + expected))
+        return False
+    for i, h in enumerate(header, 1):
+        if not h:
+            problems.append(Problem(file, "header", f"column {i} has no name; " + expected))
+        elif h not in CSV_COLUMNS:
+            problems.append(Problem(file, "header", _unknown(h, CSV_COLUMNS, "column")))
+        elif header.index(h) != i - 1:
+            problems.append(Problem(file, "header", f"column {h!r} appears twice; expected each once"))
+    missing = [c for c in ("room",) + REQUIRED if c not in header]
+    if missing:
+        why = (f"; the room column says which room the plan is for and must read {room_id!r} "
+               "(this box's room) on every row") if "room" in missing else ""
+        problems.append(Problem(file, "header", f"missing column(s) {', '.join(missing)}{why}"))
+        return False
+    return True
+
+
+def _rows_from_csv(text: str, file: str, room_id: str,
+                   problems: list[Problem]) -> tuple[list[tuple[str, dict[str, Any]]], tuple[str, str] | None]:
+    """The rows, and where and which room the file names (None when it names none)."""
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
-    if not header:
-        problems.append(Problem(file, "header", "expected a header row naming the columns "
-                                + ", ".join(REQUIRED)))
-        return []
-    missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        problems.append(Problem(file, "header", f"missing column(s) {', '.join(missing)}",
-                                ",".join(header)))
-        return []
+    if not _csv_header(header, file, room_id, problems):
+        return [], None
     rows = []
     for raw in reader:
         row = {(k or "").strip(): v for k, v in raw.items()}
@@ -143,33 +201,83 @@ def _rows_from_csv(text: str, file: str, problems: list[Problem]) -> list[tuple[
             problems.append(Problem(file, f"row {reader.line_num}",
                                     f"more fields than the {len(header)} columns of the header"))
         rows.append((f"row {reader.line_num}", row))
-    return rows
+    return rows, _csv_room(rows, file, room_id, problems)
 
 
-def _rows_from_json(text: str, file: str, problems: list[Problem]) -> tuple[list[tuple[str, dict[str, Any]]], Any]:
+def _csv_room(rows: list[tuple[str, dict[str, Any]]], file: str, room_id: str,
+              problems: list[Problem]) -> tuple[str, str] | None:
+    """One room for the whole file; a file mixing rooms is reported row by row."""
+    rooms: list[tuple[str, str]] = []
+    for where, row in rows:
+        r = (row.get("room") or "").strip()
+        if r:
+            rooms.append((where, r))
+        else:
+            problems.append(Problem(file, f"{where}.room", f"expected the room this plan is for "
+                                    f"({room_id!r}, this box's room) on every row"))
+    if not rooms:
+        return None
+    if len({norm_seat(r) for _, r in rooms}) == 1:
+        return f"{rooms[0][0]}.room", rooms[0][1]
+    for where, r in rooms:
+        if not _same_room(r, room_id):
+            problems.append(Problem(file, f"{where}.room", "the file mixes rooms; expected every row to "
+                                    f"be for this box's room {room_id!r}", _echo(r)))
+    return None
+
+
+def _rows_from_json(text: str, file: str, room_id: str,
+                    problems: list[Problem]) -> tuple[list[tuple[str, dict[str, Any]]], tuple[str, str] | None]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         problems.append(Problem(file, f"line {e.lineno}", f"not valid JSON: {e.msg}"))
         return [], None
-    room: Any = None
+    shape = f'expected {{"room": "{room_id}", "candidates": [...]}}'
+    room: tuple[str, str] | None = None
     prefix = ""
     if isinstance(doc, dict):
-        room, items, prefix = doc.get("room"), doc.get("candidates"), "candidates"
-    else:
+        for k in doc:
+            if k not in JSON_KEYS:
+                problems.append(Problem(file, "(top level)", _unknown(k, JSON_KEYS, "key")))
+        room, items, prefix = _json_room(doc, file, room_id, problems), doc.get("candidates"), "candidates"
+    elif isinstance(doc, list):  # still checked, so one run shows every mistake
+        problems.append(Problem(file, "(top level)", f"{shape}: a bare list cannot say which room it is for"))
         items = doc
+    else:
+        items = None
     if not isinstance(items, list):
-        problems.append(Problem(file, prefix or "(top level)",
-                                'expected a list of candidates or {"room": ..., "candidates": [...]}'))
+        problems.append(Problem(file, prefix or "(top level)", shape))
         return [], room
-    rows = []
+    rows: list[tuple[str, dict[str, Any]]] = []
+    strays: dict[str, list[str]] = {}
     for i, item in enumerate(items):
         where = f"{prefix}[{i}]"
         if not isinstance(item, dict):
             problems.append(Problem(file, where, "expected an object", type(item).__name__))
             continue
+        for k in item:
+            if k not in FIELDS:
+                strays.setdefault(k, []).append(where)
         rows.append((where, item))
+    for k, places in strays.items():  # one error per stray key, not one per candidate
+        more = f" (also in {len(places) - 1} more)" if len(places) > 1 else ""
+        why = ("; the room is given once, at the top level" if k == "room"
+               else f"{_hint(k, FIELDS)}; accepted keys: {', '.join(FIELDS)}")
+        problems.append(Problem(file, f"{places[0]}.{_echo(k)}", f"unknown key{more}{why}"))
     return rows, room
+
+
+def _json_room(doc: dict[str, Any], file: str, room_id: str, problems: list[Problem]) -> tuple[str, str] | None:
+    room = doc.get("room")
+    if room is None or room == "":
+        problems.append(Problem(file, "room", f'missing: expected "room": "{room_id}" (this box\'s room) at '
+                                "the top level, naming the room this plan is for"))
+        return None
+    if isinstance(room, bool) or not isinstance(room, (str, int)):
+        problems.append(Problem(file, "room", "expected the room id as text", type(room).__name__))
+        return None
+    return "room", str(room).strip()
 
 
 def _uids(v: Any) -> list[str] | None:
@@ -182,8 +290,7 @@ def _uids(v: Any) -> list[str] | None:
     return None
 
 
-def _candidate(where: str, row: dict[str, Any], file: str, room_id: str,
-               problems: list[Problem]) -> Candidate | None:
+def _candidate(where: str, row: dict[str, Any], file: str, problems: list[Problem]) -> Candidate | None:
     before = len(problems)
     vals: dict[str, str] = {}
     for col in REQUIRED:
@@ -191,8 +298,9 @@ def _candidate(where: str, row: dict[str, Any], file: str, room_id: str,
         if col == "seat" and isinstance(v, int) and not isinstance(v, bool):
             v = str(v)
         if not isinstance(v, str) or not v.strip():
-            problems.append(Problem(file, f"{where}.{col}", "expected a non-empty value",
-                                    None if v in (None, "") else v))
+            shown = (None if v is None or v == "" or col == "name"  # a name is never shown
+                     else mask_id(str(v)) if col == "id_number" else _echo(v))
+            problems.append(Problem(file, f"{where}.{col}", "expected a non-empty value", shown))
             continue
         vals[col] = v.strip()
     if "id_number" in vals:
@@ -207,27 +315,22 @@ def _candidate(where: str, row: dict[str, Any], file: str, room_id: str,
     if uids is None:
         problems.append(Problem(file, f"{where}.card_uids",
                                 'expected a list of hex strings or "A1B2C3D4;0411223344556677"',
-                                row.get("card_uids")))
+                                _echo(row.get("card_uids"))))
     else:
         for u in uids:
             if not _UID.match(u):
                 problems.append(Problem(file, f"{where}.card_uids",
-                                        "expected 4-10 bytes of upper-case hex", u))
+                                        "expected 4-10 bytes of upper-case hex", _echo(u)))
     flags: dict[str, bool] = {}
     for flag in _FLAGS:
         b = _bool(row.get(flag))
         if b is None:
             problems.append(Problem(file, f"{where}.{flag}", "expected true/false (or 1/0, yes/no)",
-                                    row.get(flag)))
+                                    _echo(row.get(flag))))
         flags[flag] = bool(b)
-    row_room = row.get("room")
-    if row_room not in (None, "") and norm_seat(row_room) != norm_seat(room_id):
-        problems.append(Problem(file, f"{where}.room",
-                                f"this candidate belongs to another room; this box is room {room_id}",
-                                row_room))
     photo = row.get("photo") or ""
     if not isinstance(photo, str):
-        problems.append(Problem(file, f"{where}.photo", "expected a file name", photo))
+        problems.append(Problem(file, f"{where}.photo", "expected a file name", _echo(photo)))
     if len(problems) > before:
         return None
     return Candidate(seat=norm_seat(vals["seat"]), ticket=vals["ticket"], name=vals["name"],
@@ -253,7 +356,7 @@ def _duplicates(rows: Iterable[tuple[str, dict[str, Any]]], file: str, problems:
         for col, value in _dup_keys(row):
             first = seen.setdefault((col, value), where)
             if first != where:
-                shown = mask_id(value) if col == "id_number" else value
+                shown = mask_id(value) if col == "id_number" else _echo(value)
                 problems.append(Problem(file, f"{where}.{col}",
                                         f"duplicate {col}, already given in {first}; "
                                         "expected each to be unique in the room", shown))
@@ -273,19 +376,17 @@ def load_seatplan(path: str | Path, room_id: str) -> SeatPlan:
         raise ConfigError([Problem(file, f"byte {e.start}", "expected UTF-8 text (save the file "
                                    "as CSV UTF-8, not GBK)")]) from e
     problems: list[Problem] = []
-    file_room: Any = None
     suffix = p.suffix.lower()
     if suffix == ".csv":
-        rows = _rows_from_csv(text, file, problems)
+        rows, file_room = _rows_from_csv(text, file, room_id, problems)
     elif suffix == ".json":
-        rows, file_room = _rows_from_json(text, file, problems)
+        rows, file_room = _rows_from_json(text, file, room_id, problems)
     else:
         raise ConfigError([Problem(file, "(file)", "expected a .csv or .json seat plan", p.suffix)])
-    if file_room is not None and norm_seat(file_room) != norm_seat(room_id):
-        problems.append(Problem(file, "room", f"this plan is for another room; this box is room {room_id}",
-                                file_room))
-    good = [(where, c) for where, row in rows
-            if (c := _candidate(where, row, file, room_id, problems)) is not None]
+    if file_room is not None and not _same_room(file_room[1], room_id):
+        problems.append(Problem(file, file_room[0], f"this plan is for another room; this box is room "
+                                f"{room_id!r}", _echo(file_room[1])))
+    good = [(where, c) for where, row in rows if (c := _candidate(where, row, file, problems)) is not None]
     _duplicates(rows, file, problems)
     if not rows and not problems:
         problems.append(Problem(file, "(file)", "expected at least one candidate"))

@@ -70,8 +70,8 @@ def make_ids(n: int) -> list[str]:
 
 def write_plan(tmp: Path, ids: list[str]) -> Path:
     path = tmp / f"seatplan-{len(ids)}.csv"
-    rows = ["seat,ticket,name,id_number,card_uids,photo,medical_metal"]
-    rows += [f"{s},2026{ROOM}{s:05d},考生{s},{idn},,photos/{s}.jpg,false" for s, idn in enumerate(ids, 1)]
+    rows = ["room,seat,ticket,name,id_number,card_uids,photo,medical_metal"]
+    rows += [f"{ROOM},{s},2026{ROOM}{s:05d},考生{s},{idn},,photos/{s}.jpg,false" for s, idn in enumerate(ids, 1)]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return path
 

@@ -15,6 +15,7 @@ Run: .venv/bin/python bench/bench_simroom_idle.py [--seconds 60]
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -33,7 +34,10 @@ def demo_room_extra(tmp: Path) -> str:
     demo = (ROOT / "config" / "demo.toml").read_text(encoding="utf-8")
     tables = demo[demo.index("[[device]]"):]
     tables = tables.replace('"/tmp/examroom-demo-snapshots"', f'"{tmp}/snapshots"')
-    return (f'[checkin]\nseatplan = "{ROOT / "config" / "demo-seatplan.csv"}"\n'
+    plan = tmp / "seatplan.csv"  # the demo's candidates, in bench_core.idle's room "idle"
+    demo_plan = (ROOT / "config" / "demo-seatplan.csv").read_text(encoding="utf-8")
+    plan.write_text(re.sub(r"(?m)^room101,", "idle,", demo_plan), encoding="utf-8")
+    return (f'[checkin]\nseatplan = "{plan}"\n'
             f'record_dir = "{tmp}/records"\njournal = "{tmp}/checkin.journal"\n'
             f'[listening]\nauto_switch_backup = true\n{tables}')
 

@@ -50,9 +50,9 @@ class Clock:
 @pytest.fixture
 def plan(tmp_path):
     p = tmp_path / "seats.csv"
-    rows = ["seat,ticket,name,id_number,card_uids,photo,medical_metal"]
+    rows = ["room,seat,ticket,name,id_number,card_uids,photo,medical_metal"]
     for seat in range(1, 6):
-        rows.append(f"{seat},2026{seat:04d},{NAMES[seat]},{ID[seat]},{UID1 if seat == 1 else ''},"
+        rows.append(f"12,{seat},2026{seat:04d},{NAMES[seat]},{ID[seat]},{UID1 if seat == 1 else ''},"
                     f"{seat}.jpg,{'true' if seat == 2 else 'false'}")
     p.write_text("\n".join(rows) + "\n", encoding="utf-8")
     return load_seatplan(p, "12")
