@@ -13,7 +13,7 @@ from typing import Any
 
 EVIDENCE_KINDS = frozenset({
     "note", "checkin", "sweep", "suspect_confirm", "attendance", "session_record",
-    "incident", "alert", "trial_listening", "snapshot", "selftest", "command",
+    "incident", "trial_listening", "snapshot", "selftest", "command",
     # device state changes that matter for the exam record: rare, and evidence of when
     # the audio went, the camera was covered or the clock jumped
     "audio", "audio_switch", "camera", "clock",

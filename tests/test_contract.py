@@ -5,7 +5,10 @@ docs/events-devices.md must be valid JSON and a valid JSON Schema 2020-12.
 Then one compressed exam session runs in a simulated room (real agent, real
 Mosquitto) and every message the aggregator receives is validated: status,
 heartbeat, every event envelope and its data against ``data/<kind>`` (a kind
-without a documented schema fails), and every command reply.
+without a documented schema fails), and every command reply. Each device entry
+of a heartbeat (and of the ``status`` reply) is also validated against
+``device/<kind>``, whose schemas accept no undocumented field: a driver that adds
+a field or changes a type without documenting it fails here.
 """
 from __future__ import annotations
 
@@ -13,12 +16,18 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+import drivers
+from agent.config import DeviceConfig
+from agent.devices import Devices
 from agent.localbroker import Broker
+from agent.metrics import Metrics
+from drivers.bus import Bus
 from tests.agentproc import AgentProcess
 from tests.mqttwatch import Watcher
 from tests.room_config import BASE, Aggregator, Door, room_config, settled, wait_kind
@@ -68,6 +77,48 @@ def test_every_schema_block_is_valid():
     device_kinds = {"audio", "audio_switch", "incident", "camera", "clock", "device", "snapshot", "trial_listening"}
     checkin_kinds = {"checkin", "sweep", "suspect_confirm", "attendance", "session_record"}
     assert {f"data/{k}" for k in device_kinds | checkin_kinds | {"note", "selftest", "command"}} <= set(schemas)
+    assert {f"device/{k}" for k in drivers.kinds()} <= set(schemas), "a driver kind without a device schema"
+
+
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(load_schemas()[name], format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@pytest.fixture
+def sim_devices():
+    """One device of every kind on its sim backend, started as the agent starts them."""
+    devices = Devices(tuple(DeviceConfig(k, k, "sim", {}) for k in drivers.kinds()), Bus(), Metrics())
+    devices.start()
+    try:
+        yield devices
+    finally:
+        devices.stop()
+
+
+def test_device_schemas_accept_real_entries_and_refuse_wrong_ones(sim_devices):
+    """The device schemas are strict: a wrong type, an undocumented or a missing field fails."""
+    for name, entry in sim_devices.statuses().items():
+        v = _validator(f"device/{entry['kind']}")
+        assert list(v.iter_errors(entry)) == [], name
+        assert not v.is_valid({**entry, "undocumented": 1}), name
+        for key in entry:
+            assert not v.is_valid({**entry, key: [key]}), f"{name}.{key} accepts any type"
+            if key not in ("state", "reason", "sam_id"):  # sam_id: only once the SAM answered
+                assert not v.is_valid({k: x for k, x in entry.items() if k != key}), f"{name}.{key} is optional"
+
+
+def test_a_device_whose_status_fails_still_matches_its_schema(sim_devices, monkeypatch):
+    """A driver bug in status() is reported as fault without the kind's fields, and documented so."""
+    def broken(self):
+        raise RuntimeError("driver bug")
+
+    for drv in sim_devices.drivers.values():
+        monkeypatch.setattr(type(drv), "status", broken)
+    for name, entry in sim_devices.statuses().items():
+        assert entry["reason"] == "status failed: driver bug", entry
+        v = _validator(f"device/{entry['kind']}")
+        assert list(v.iter_errors(entry)) == [], name
+        assert not v.is_valid({**entry, "state": "ok"}), name
 
 
 def _session(door: Door, agg: Aggregator, room, w: Watcher) -> None:
@@ -143,6 +194,7 @@ def test_every_message_matches_the_contract(received):
     validators = {name: Draft202012Validator(s, format_checker=fmt) for name, s in schemas.items()}
     problems: list[str] = []
     seen: dict[str, int] = {}
+    device_kinds: set[str] = set()
 
     def check(name: str, payload, where: str) -> None:
         if name not in validators:
@@ -152,14 +204,34 @@ def test_every_message_matches_the_contract(received):
             path = "/".join(str(p) for p in err.absolute_path)
             problems.append(f"{where}: schema:{name} at /{path}: {err.message}")
 
+    def check_devices(devices, where: str) -> set[str]:
+        """Each entry against the schema of its kind; returns the kinds seen."""
+        if not isinstance(devices, dict):
+            return set()  # the heartbeat's own schema says what is wrong
+        kinds = set()
+        for name, entry in devices.items():
+            kind = str(entry.get("kind")) if isinstance(entry, dict) else "?"
+            kinds.add(kind)
+            check(f"device/{kind}", entry, f"{where} devices/{name}")
+        return kinds
+
+    def refuse(constant: str) -> NoReturn:
+        raise ValueError(f"{constant} is not JSON")
+
     for i, m in enumerate(received):
         where = f"#{i} {m.topic}"
         rest = m.topic[len(BASE) + 1:] if m.topic.startswith(BASE + "/") else ""
         if m.json is None:
             problems.append(f"{where}: not JSON: {m.raw[:80]!r}")
             continue
+        try:  # Python's json reads NaN and Infinity; an aggregator's JSON parser does not
+            json.loads(m.raw, parse_constant=refuse)
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
         if rest in ("status", "heartbeat"):
             check(rest, m.json, where)
+            if rest == "heartbeat":
+                device_kinds |= check_devices(m.json.get("devices"), where)
         elif rest.startswith("event/"):
             kind = rest.split("/", 1)[1]
             check("event", m.json, where)
@@ -168,6 +240,8 @@ def test_every_message_matches_the_contract(received):
             check(f"data/{kind}", m.json.get("data"), f"{where} data")
         elif rest.startswith("reply/"):
             check("reply", m.json, where)
+            if rest == "reply/status":
+                check_devices(m.json.get("devices"), where)
             if m.json.get("command") != rest.split("/", 1)[1]:
                 problems.append(f"{where}: reply names command {m.json.get('command')!r}")
         elif rest.startswith("cmd/"):
@@ -182,6 +256,7 @@ def test_every_message_matches_the_contract(received):
                 "incident", "camera", "clock", "device", "snapshot", "trial_listening", "note", "selftest",
                 "command"}
     assert expected <= kinds, f"the session did not exercise {sorted(expected - kinds)}"
+    assert set(drivers.kinds()) <= device_kinds, f"no heartbeat showed {sorted(set(drivers.kinds()) - device_kinds)}"
     verdicts = {m.json["data"]["verdict"] for m in received if m.topic == f"{BASE}/event/checkin"}
     photos = [m.json["data"] for m in received if m.topic == f"{BASE}/event/snapshot"]
     assert {"error" in p for p in photos if "for" in p} == {True, False}, "both kinds of check-in photo answer"
