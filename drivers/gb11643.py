@@ -2,6 +2,9 @@
 
 Masking lives here, beside the validation, because drivers must never log a
 full number either: first 6 and last 4 characters kept, the rest starred.
+Only ASCII digits count: Python's ``\\d`` and ``str.isdigit`` also accept
+full-width and other scripts' digits, which no card carries and which would
+otherwise pass as a valid number.
 """
 from __future__ import annotations
 
@@ -9,18 +12,25 @@ import re
 
 _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
-_SHAPE = re.compile(r"^\d{17}[\dX]$")
+_SHAPE = re.compile(r"[0-9]{17}[0-9X]")
+
+
+def has_id_shape(text: str) -> bool:
+    """17 ASCII digits and a check character (digit or X, either case): what an ID number looks
+    like, check digit not verified (a wrong one is a verdict of its own, not another kind of card)."""
+    return bool(_SHAPE.fullmatch(text.strip().upper()))
 
 
 def check_digit(first17: str) -> str:
-    if len(first17) != 17 or not first17.isdigit():
+    if len(first17) != 17 or not (first17.isascii() and first17.isdigit()):
         raise ValueError("need the first 17 digits of an ID number")
     return _CHECK[sum(int(d) * w for d, w in zip(first17, _WEIGHTS)) % 11]
 
 
 def is_valid(id_number: str) -> bool:
+    """Shape and check digit only: the birth date inside is not checked here."""
     n = id_number.strip().upper()
-    return bool(_SHAPE.match(n)) and check_digit(n[:17]) == n[17]
+    return has_id_shape(n) and check_digit(n[:17]) == n[17]
 
 
 def mask_id(id_number: str | None) -> str:
