@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from agent.control import RequestError, dispatch
 from agent.devices import selftest_verdict
+from drivers.gb11643 import has_id_shape
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -95,8 +96,11 @@ class Commands:
         sims = [d for d in drivers.values() if d.backend == "sim"]
         if target in drivers:
             drv, action, params = drivers[target], (rest or [""])[0], rest[1:]
-        elif target == "card":  # an 18-character ID number goes to the ID reader, a UID to PC/SC
-            kind = "idcard" if rest and len(rest[0]) == 18 else "pcsc"
+        elif target == "card":
+            # An ID number (17 digits, then a digit or X) goes to the ID reader, a hex UID to PC/SC:
+            # length alone would send a 9-byte UID (18 hex digits) to the ID reader. A UID of only
+            # decimal digits that looks like an ID number reaches PC/SC by naming the device.
+            kind = "idcard" if rest and has_id_shape(rest[0]) else "pcsc"
             drv, action, params = _first(sims, kind, target), "card", rest
         elif target in ("alarm", "button", "armed"):
             drv, action, params = _first(sims, "metal_detector", target), target, rest

@@ -11,10 +11,17 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from agent.commands import Commands
+from agent.config import DeviceConfig
 from agent.control import AgentNotRunning, ControlServer, call, dispatch
+from agent.devices import Devices
+from agent.metrics import Metrics
+from drivers.bus import Bus
+from drivers.events import CardPresented
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -321,3 +328,50 @@ def test_cli_error_reply_exits_1(config_without_daemon) -> None:
         srv.stop()
     assert r.returncode == 1
     assert r.stderr.strip() == "error: no such device 'x'"
+
+
+# -- `sim card` routing: an ID number to the ID reader, a UID to PC/SC ---------------------------
+
+@pytest.fixture
+def sim_devices():
+    devices = Devices((DeviceConfig("idcard", "idreader", "sim", {"poll_interval_s": 0.02}),
+                       DeviceConfig("pcsc", "campus", "sim", {})), Bus(), Metrics())
+    devices.start()
+    yield devices
+    devices.stop()
+
+
+@pytest.mark.parametrize("word,device", [
+    ("11010519491231002X", "idreader"),
+    ("11010519491231002x", "idreader"),
+    ("110105194912310021", "idreader"),   # wrong check digit: still an ID card (an invalid_id verdict)
+    ("04A1B2C3D4E5F60718", "campus"),     # 9-byte UID: 18 hex digits, as long as an ID number
+    ("04a1b2c3d4e5f607", "campus"),       # 8-byte UID
+    ("04A1B2C3", "campus"),
+])
+def test_sim_card_routes_by_what_the_word_is_not_its_length(sockdir: Path, sim_devices, word: str,
+                                                            device: str) -> None:
+    seen: list[CardPresented] = []
+    cond = threading.Condition()
+
+    def on_card(ev: CardPresented) -> None:
+        with cond:
+            seen.append(ev)
+            cond.notify_all()
+
+    sim_devices.bus.subscribe(CardPresented, on_card)
+    srv = ControlServer(str(sockdir / "agent.sock"), Commands(SimpleNamespace(devices=sim_devices)).table)
+    srv.start()
+    try:
+        reply = call(srv.path, "sim", words=["card", word])
+        assert reply["ok"] and reply["device"] == device, reply
+        with cond:
+            assert cond.wait_for(lambda: seen, 5.0)
+        [ev] = seen
+        assert ev.device == device
+        if device == "campus":
+            assert ev.uid == word.upper() and ev.identity is None
+        else:
+            assert ev.identity is not None and ev.identity.id_number == word.upper()
+    finally:
+        srv.stop()
