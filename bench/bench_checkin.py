@@ -118,7 +118,8 @@ late_cutoff_min = 15
 
 
 def identity(id_number: str, seat: int) -> Identity:
-    return Identity(name=f"考生{seat}", sex="1", nation="01", birth=id_number[6:14], address="郑州市",
+    return Identity(name=f"考生{seat}", sex="男", sex_code="1", nation="汉", nation_code="01",
+                    birth=id_number[6:14], address="郑州市",
                     id_number=id_number, issuer="郑州市公安局", valid_from="20250101", valid_to="20350101")
 
 

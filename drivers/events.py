@@ -18,8 +18,8 @@ class Identity:
     """Text of a second-generation ID card. Never logged whole: ``repr`` masks it."""
 
     name: str
-    sex: str
-    nation: str
+    sex: str            # 男, 女, 未知, 未说明 (GB/T 2261.1), decoded from sex_code; "" for an unknown code
+    nation: str         # 汉, 蒙古, ... (GB 3304), decoded from nation_code; "" for an unknown code
     birth: str          # YYYYMMDD
     address: str
     id_number: str
@@ -28,6 +28,8 @@ class Identity:
     valid_to: str       # YYYYMMDD or a word such as 长期 (long-term)
     photo_wlt: bytes = field(default=b"", repr=False)  # raw WLT; decoding needs a vendor library
     id_valid: bool = True  # GB 11643 check digit
+    sex_code: str = ""     # as the card holds it, e.g. "1"
+    nation_code: str = ""  # as the card holds it, e.g. "01"
 
     def __repr__(self) -> str:
         return f"Identity(id={mask_id(self.id_number)}, valid={self.id_valid})"

@@ -6,13 +6,15 @@ placement and one ``CardRemoved`` when the card goes. The port is treated as
 something that can vanish at any time (USB unplugged, reader power-cycled): the
 driver reports it absent and keeps reopening it by itself, and the agent never
 sees an exception for it. Bytes the line delivers that do not make a good frame
-are refused, counted and reported as ``ReaderGarbage``, never acted upon.
+are refused, counted and reported as ``ReaderGarbage``, never acted upon; so is
+a good frame that cannot be the answer to the question just asked (a reply
+that came after we stopped waiting for it). Every exchange runs to a deadline;
+a missed one is counted, and only replies missed in a row make the reader FAULT.
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 import tty
@@ -25,20 +27,22 @@ from drivers.base import (
     ProtocolError, SelftestResult, SelftestStep, SimulationError,
 )
 from drivers.events import CardPresented, CardRemoved, DeviceStateChanged, Identity, ReaderGarbage
-from drivers.gb11643 import is_valid, mask_id
+from drivers.gb11643 import has_id_shape, is_valid, mask_id
 from drivers.sam_protocol import (
-    BAD_CHECKSUM, FIND_CARD, READ_TEXT_PHOTO, SAM_ID, SAM_STATUS, SELECT_CARD, SW_SAM_FAULT, CardError, FrameDecoder,
-    Refusal, Reply, check_status, decode_identity, encode_command, format_sam_id,
-    reply_decoder,
+    BAD_CHECKSUM, BAD_LENGTH, FIND_CARD, KNOWN_COMMANDS, NATION_NAMES, READ_TEXT_PHOTO, SAM_ID, SAM_STATUS,
+    SELECT_CARD, SEX_NAMES, SHORT_FRAME, SW_SAM_FAULT, CardError, FrameDecoder, Refusal, Reply, answers,
+    check_status, decode_identity, encode_command, format_sam_id, reply_decoder,
 )
-from drivers.sam_simulator import SamReaderSimulator
+from drivers.sam_simulator import FAULTS, NOISE, SLOW, Fault, SamReaderSimulator
 
 log = logging.getLogger(__name__)
 
 _READ_SLICE_S = 0.05   # one serial read blocks at most this long, so deadlines are kept
 _REMOVAL_MISSES = 2    # a single failed find can be RF noise; two in a row mean the card left
+_SILENT_MISSES = 2     # one lost or late reply is the line; two in a row mean the reader is not there
 _UNEXPECTED_FRAME = "unexpected_frame"
 _BAD_CARD_DATA = "bad_card_data"
+_MANGLED = (BAD_CHECKSUM, BAD_LENGTH, SHORT_FRAME)  # refusals that mean "our reply, damaged"
 
 
 def _positive(value: Any) -> bool:
@@ -76,6 +80,9 @@ class SerialIdCardReader(Driver):
         self._cards_read = 0
         self._garbage_count = 0
         self._garbage_bytes = 0
+        self._refusals: dict[str, int] = {}  # reason -> times
+        self._timeouts = 0                   # exchanges that got no reply at all in time
+        self._silent = 0                     # ... of them in a row
         self._sam_id: str | None = None
 
     def _opt(self, key: str) -> Any:
@@ -112,7 +119,7 @@ class SerialIdCardReader(Driver):
         self._close()
         with self._lock:
             self._state, self._reason = STOPPED, ""
-            self._present, self._misses = False, 0
+            self._present, self._misses, self._silent = False, 0, 0
 
     def status(self) -> DeviceStatus:
         with self._lock:
@@ -122,6 +129,8 @@ class SerialIdCardReader(Driver):
                 "card_present": self._present,
                 "garbage_count": self._garbage_count,
                 "garbage_bytes": self._garbage_bytes,
+                "refused": dict(self._refusals),
+                "timeouts": self._timeouts,
             }
             if self._sam_id:
                 details["sam_id"] = self._sam_id
@@ -201,7 +210,7 @@ class SerialIdCardReader(Driver):
             self._present = True
             self._cards_read += 1
         log.info("%s: card read: %r", self.name, identity)
-        self.emit(CardPresented(device=self.name, identity=identity))
+        self.emit(CardPresented(device=self.name, identity=identity, ts=self.clock()))
 
     def _no_card(self) -> None:
         if not self._present:
@@ -210,7 +219,7 @@ class SerialIdCardReader(Driver):
         if self._misses >= _REMOVAL_MISSES:
             with self._lock:
                 self._present, self._misses = False, 0
-            self.emit(CardRemoved(device=self.name))
+            self.emit(CardRemoved(device=self.name, ts=self.clock()))
 
     def _read_sam_id(self, timeout: float) -> str:
         sam_id = format_sam_id(self._transact(SAM_ID, timeout).data)
@@ -222,42 +231,82 @@ class SerialIdCardReader(Driver):
 
     def _transact(self, code: tuple[int, int], timeout: float) -> Reply:
         """Send one command and return its successful reply; raise for anything else."""
+        what = KNOWN_COMMANDS[code]
         with self._io:
             ser, decoder = self._serial, self._decoder
             if ser is None or decoder is None:
                 raise DeviceAbsent(f"port {self._port_path()} is not open")
             self._discard_stale(ser, decoder)
             ser.write(encode_command(code))
-            garbled_before = decoder.refused.get(BAD_CHECKSUM, 0)
-            reply = self._await_reply(ser, decoder, timeout, garbled_before)
-            garbled = decoder.refused.get(BAD_CHECKSUM, 0) > garbled_before
-        if reply is None and garbled:
-            # The reader did answer; the line mangled it. Not a fault: the caller retries.
-            raise ProtocolError("reply refused: bad checksum")
+            deadline = time.monotonic() + timeout
+            mangled_before = _mangled(decoder)
+            reply, stray = self._await_answer(ser, decoder, code, deadline, mangled_before)
+            mangled = _mangled(decoder) > mangled_before
+        if reply is None and mangled:
+            # The reader did answer; the line damaged it. Not a fault: the caller retries.
+            self._heard()
+            raise ProtocolError(f"{what}: reply refused (damaged on the line)")
+        if reply is None and stray is not None:
+            self._heard()
+            check_status(stray, code)  # a status this command cannot have: raises UnexpectedStatus
         if reply is None:
-            self._set_state(FAULT, f"reader on {self._port_path()} does not answer")
-            raise DeviceTimeout(f"no reply within {timeout} s")
+            self._missed(what, timeout)
+            raise DeviceTimeout(f"{what}: no reply within {timeout} s")
+        self._heard()
         if reply.sw3 == SW_SAM_FAULT:
             self._set_state(FAULT, "SAM module self-test failed")
         else:
             self._set_state(OK)
         return check_status(reply, code)
 
-    def _await_reply(self, ser: Any, decoder: FrameDecoder[Reply], timeout: float,
-                     garbled_before: int) -> Reply | None:
-        deadline = time.monotonic() + timeout
-        frames: list[Reply] = []
-        # A whole frame with a bad checksum was our reply, mangled: no point waiting on.
-        while (not frames and time.monotonic() < deadline
-               and decoder.refused.get(BAD_CHECKSUM, 0) == garbled_before):
+    def _await_answer(self, ser: Any, decoder: FrameDecoder[Reply], code: tuple[int, int],
+                      deadline: float, mangled_before: int) -> tuple[Reply | None, Reply | None]:
+        """(our reply, the last frame refused as no answer to ``code``), listening until one
+        comes, the deadline passes or a damaged frame shows our reply was lost."""
+        pending: list[Reply] = []
+        stray: Reply | None = None
+        reply: Reply | None = None
+        while reply is None:
+            if not pending:
+                pending = self._await_frames(ser, decoder, deadline, mangled_before)
+                if not pending:
+                    break
+            frame = pending.pop(0)
+            if answers(frame, code):
+                reply = frame
+            else:
+                stray = frame
+                log.info("%s: refused a reply that does not answer %s (SW3 %02X): a late answer?",
+                         self.name, KNOWN_COMMANDS[code], frame.sw3)
+                self._refused(Refusal(_UNEXPECTED_FRAME, frame.size))
+        for extra in pending:
+            self._refused(Refusal(_UNEXPECTED_FRAME, extra.size))
+        return reply, stray
+
+    def _await_frames(self, ser: Any, decoder: FrameDecoder[Reply], deadline: float,
+                      mangled_before: int) -> list[Reply]:
+        # A damaged frame was our reply: no point waiting on for it.
+        while time.monotonic() < deadline and _mangled(decoder) == mangled_before:
             chunk = ser.read(max(1, ser.in_waiting))
             if chunk:
                 frames = decoder.feed(chunk)
-        if not frames:
-            frames = decoder.flush()  # a frame may hide behind a truncated one
-        for extra in frames[1:]:
-            self._refused(Refusal(_UNEXPECTED_FRAME, extra.size))
-        return frames[0] if frames else None
+                if frames:
+                    return frames
+        return decoder.flush()  # a frame may hide behind a truncated one
+
+    def _heard(self) -> None:
+        with self._lock:
+            self._silent = 0
+
+    def _missed(self, what: str, timeout: float) -> None:
+        with self._lock:
+            self._timeouts += 1
+            self._silent += 1
+            silent = self._silent
+        if silent >= _SILENT_MISSES:
+            self._set_state(FAULT, f"reader on {self._port_path()} does not answer")
+        elif silent == 1:
+            log.warning("%s: no reply to %s within %s s", self.name, what, timeout)
 
     def _discard_stale(self, ser: Any, decoder: FrameDecoder[Reply]) -> None:
         """Whatever is on the line before we ask belongs to no question of ours."""
@@ -269,8 +318,10 @@ class SerialIdCardReader(Driver):
         with self._lock:
             self._garbage_count += 1
             self._garbage_bytes += refusal.nbytes
-        log.debug("%s: refused %d bytes (%s)", self.name, refusal.nbytes, refusal.reason)
-        self.emit(ReaderGarbage(device=self.name, reason=refusal.reason, count=refusal.nbytes))
+            self._refusals[refusal.reason] = self._refusals.get(refusal.reason, 0) + 1
+        log.info("%s: refused %d bytes (%s)", self.name, refusal.nbytes, refusal.reason)
+        self.emit(ReaderGarbage(device=self.name, reason=refusal.reason, count=refusal.nbytes,
+                                ts=self.clock()))
 
     # -- the port ---------------------------------------------------------------------------
 
@@ -284,6 +335,7 @@ class SerialIdCardReader(Driver):
             return False
         with self._io:
             self._serial = ser
+        self._heard()
         log.info("%s: opened %s", self.name, port)
         self._set_state(OK, f"port {port} open")
         return True
@@ -293,7 +345,7 @@ class SerialIdCardReader(Driver):
         with self._lock:
             was_present, self._present, self._misses = self._present, False, 0
         if was_present:
-            self.emit(CardRemoved(device=self.name))
+            self.emit(CardRemoved(device=self.name, ts=self.clock()))
         self._set_state(ABSENT, f"lost {self._port_path()}: {exc}")
 
     def _close(self) -> None:
@@ -313,11 +365,16 @@ class SerialIdCardReader(Driver):
             self._state = state
         if changed:
             (log.info if state == OK else log.warning)("%s: %s (%s)", self.name, state, reason)
-            self.emit(DeviceStateChanged(device=self.name, state=state, reason=reason))
+            self.emit(DeviceStateChanged(device=self.name, state=state, reason=reason, ts=self.clock()))
 
 
-_ID_SHAPE = re.compile(r"^\d{17}[\dX]$")
-_SIM_ACTIONS = "card <id_number> [name] [expired] | remove | garbage [hex bytes]"
+def _mangled(decoder: FrameDecoder[Reply]) -> int:
+    return sum(decoder.refused.get(reason, 0) for reason in _MANGLED)
+
+
+_SIM_COMMANDS = {"find": FIND_CARD, "select": SELECT_CARD, "read": READ_TEXT_PHOTO}
+_SIM_ACTIONS = ("card <id_number> [name] [expired] | remove | garbage [hex bytes] | "
+                f"fault <{'|'.join(FAULTS)}> [{'|'.join(_SIM_COMMANDS)}]")
 
 
 class SimIdCardReader(SerialIdCardReader):
@@ -372,20 +429,34 @@ class SimIdCardReader(SerialIdCardReader):
             return {"removed": had}
         if action == "garbage":
             try:
-                junk = bytes.fromhex("".join(args)) if args else b"\x00\xff\x13\x37garbage"
+                noise = Fault(NOISE, junk=bytes.fromhex("".join(args))) if args else Fault(NOISE)
             except ValueError:
                 raise SimulationError(f"garbage takes hex bytes, got {' '.join(args)!r}") from None
-            sim.inject_garbage(junk)
-            return {"garbage_bytes": len(junk)}
+            sim.inject(noise)
+            return {"garbage_bytes": len(noise.junk)}
+        if action == "fault":
+            fault = self._sim_fault(args)
+            sim.inject(fault)
+            return {"fault": fault.kind, "command": fault.command or "any"}
         raise SimulationError(f"unknown idcard action {action!r}; expected {_SIM_ACTIONS}")
+
+    def _sim_fault(self, args: list[str]) -> Fault:
+        """The next reply (to one command, if named) suffers ``kind``; a slow one comes after
+        twice the time the driver waits for it, so it is always too late."""
+        if not 1 <= len(args) <= 2 or args[0] not in FAULTS or (len(args) == 2 and args[1] not in _SIM_COMMANDS):
+            raise SimulationError(f"fault takes a kind and optionally a command: {_SIM_ACTIONS}")
+        code = _SIM_COMMANDS[args[1]] if len(args) == 2 else None
+        wait = self._opt("read_timeout_s" if code in (None, READ_TEXT_PHOTO) else "command_timeout_s")
+        return Fault(args[0], KNOWN_COMMANDS[code] if code else None,
+                     delay_s=2 * wait if args[0] == SLOW else 0.0)
 
 
 def _sim_identity(args: list[str]) -> Identity:
     """A plausible card from an ID number: birth date and sex are those the number encodes."""
     if not args:
         raise SimulationError(f"card needs an ID number: {_SIM_ACTIONS}")
-    id_number = args[0].upper()
-    if not _ID_SHAPE.match(id_number):
+    id_number = args[0].strip().upper()
+    if not has_id_shape(id_number):
         raise SimulationError("card: the ID number must be 17 digits and a check character (digit or X)")
     birth = id_number[6:14]
     try:
@@ -400,10 +471,13 @@ def _sim_identity(args: list[str]) -> Identity:
     name = names[0] if names else "测试考生"
     if len(name) > 15:
         raise SimulationError("card: a name holds at most 15 characters")
+    sex_code = "1" if int(id_number[16]) % 2 else "2"
     return Identity(
         name=name,
-        sex="1" if int(id_number[16]) % 2 else "2",
-        nation="01",
+        sex=SEX_NAMES[sex_code],
+        sex_code=sex_code,
+        nation=NATION_NAMES["01"],
+        nation_code="01",
         birth=birth,
         address="北京市东城区考试路1号",
         id_number=id_number,

@@ -61,8 +61,8 @@ SAM_ID_LEN = 16
 # Text block: (field, byte offset, byte size), UTF-16LE padded with spaces.
 TEXT_FIELDS: tuple[tuple[str, int, int], ...] = (
     ("name", 0, 30),
-    ("sex", 30, 2),          # GB/T 2261.1 code: 1 male, 2 female (kept as the code)
-    ("nation", 32, 4),       # GB 3304 code, e.g. 01 (kept as the code)
+    ("sex_code", 30, 2),     # GB/T 2261.1 code, decoded into ``sex`` by SEX_NAMES
+    ("nation_code", 32, 4),  # GB 3304 code, decoded into ``nation`` by NATION_NAMES
     ("birth", 36, 16),
     ("address", 52, 70),
     ("id_number", 122, 36),
@@ -72,6 +72,16 @@ TEXT_FIELDS: tuple[tuple[str, int, int], ...] = (
 )
 _RESERVED = (220, 36)
 _PAD = " ".encode("utf-16-le")
+
+# The card holds codes; people (and the printed card) read words. GB/T 2261.1 sexes:
+SEX_NAMES: Mapping[str, str] = {"0": "未知", "1": "男", "2": "女", "9": "未说明"}
+# GB 3304 nationalities, 01-56 in the standard's order, as ID cards print them (without 族).
+NATION_NAMES: Mapping[str, str] = {
+    f"{i:02d}": n for i, n in enumerate((
+        "汉 蒙古 回 藏 维吾尔 苗 彝 壮 布依 朝鲜 满 侗 瑶 白 土家 哈尼 哈萨克 傣 黎 傈僳 佤 畲 高山 拉祜 水 "
+        "东乡 纳西 景颇 柯尔克孜 土 达斡尔 仫佬 羌 布朗 撒拉 毛南 仡佬 锡伯 阿昌 普米 塔吉克 怒 乌孜别克 "
+        "俄罗斯 鄂温克 德昂 保安 裕固 京 塔塔尔 独龙 鄂伦春 赫哲 门巴 珞巴 基诺").split(), start=1)
+} | {"97": "其他", "98": "外国血统中国籍人士"}
 
 
 class ReaderStatusError(DeviceError):
@@ -158,6 +168,12 @@ def encode_reply(reply: Reply) -> bytes:
 def expected_status(code: tuple[int, int]) -> int:
     """Find card succeeds with 9F ("card found"); every other command with 90."""
     return SW_CARD_FOUND if code == FIND_CARD else SW_OK
+
+
+def answers(reply: Reply, code: tuple[int, int]) -> bool:
+    """Can ``reply`` be the answer to command ``code``? Its success status or a documented error
+    can; another command's success cannot: that is a late answer to an earlier question."""
+    return reply.sw3 == expected_status(code) or reply.sw3 in _STATUS
 
 
 def check_status(reply: Reply, code: tuple[int, int]) -> Reply:
@@ -294,6 +310,11 @@ def _preamble_prefix_at_end(buf: bytes | bytearray) -> int:
 
 
 def decode_text(block: bytes) -> dict[str, str]:
+    """The text block's fields, plus ``sex`` and ``nation`` in words beside their codes.
+
+    A code outside its table gives an empty word and keeps the code: the card is still the
+    holder's card (the check-in does not rest on these fields), and guessing would be worse.
+    """
     if len(block) != TEXT_LEN:
         raise ProtocolError(f"text block is {len(block)} bytes, expected {TEXT_LEN}")
     fields: dict[str, str] = {}
@@ -302,11 +323,13 @@ def decode_text(block: bytes) -> dict[str, str]:
             fields[name] = block[offset:offset + size].decode("utf-16-le").strip(" \x00")
         except UnicodeDecodeError:
             raise ProtocolError(f"text field {name!r} is not UTF-16LE") from None
+    fields["sex"] = SEX_NAMES.get(fields["sex_code"], "")
+    fields["nation"] = NATION_NAMES.get(fields["nation_code"], "")
     return fields
 
 
 def encode_text(fields: Mapping[str, str]) -> bytes:
-    """The reader's text block; what the simulator sends for a card."""
+    """The reader's text block (codes, not words, for sex and nation); what the simulator sends."""
     out = bytearray()
     for name, offset, size in TEXT_FIELDS:
         raw = fields[name].encode("utf-16-le")
@@ -333,7 +356,15 @@ def decode_identity(data: bytes) -> Identity:
 
 
 def encode_identity(identity: Identity) -> bytes:
-    """Data of the read-text-and-photo reply for ``identity`` (a blank photo when it has none)."""
+    """Data of the read-text-and-photo reply for ``identity`` (a blank photo when it has none).
+
+    Its words must be those its codes decode to: a simulated card that says 女 over code 1
+    would test nothing but the simulator's own mistake.
+    """
+    for word, code, names in (("sex", "sex_code", SEX_NAMES), ("nation", "nation_code", NATION_NAMES)):
+        if names.get(getattr(identity, code), "") != getattr(identity, word):
+            raise ValueError(f"ID card {word} {getattr(identity, word)!r} is not what "
+                             f"{code} {getattr(identity, code)!r} decodes to")
     text = encode_text({name: getattr(identity, name) for name, _, _ in TEXT_FIELDS})
     photo = identity.photo_wlt or bytes(PHOTO_LEN)
     if len(photo) > PHOTO_LEN:

@@ -4,6 +4,11 @@ It speaks the same frames as the real reader (through ``sam_protocol``) over a
 file descriptor, normally the master side of a pseudo-terminal whose slave the
 real driver opens with pyserial. Tests and the ``sim`` backend therefore run
 the driver's whole serial path, byte for byte, with no reader attached.
+
+Faults (``inject``) act out what a real line does to a reply: cut it short,
+flip a bit, precede it with noise, deliver it late, or lose it. They exist so
+tests can show, over a real pty, that the driver refuses and counts each one
+and still reads the next card.
 """
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ import errno
 import os
 import select
 import threading
-from collections import Counter
+from collections import Counter, deque
+from dataclasses import dataclass
 
 from drivers.events import Identity
 from drivers.sam_protocol import (
@@ -31,6 +37,39 @@ LIFT_FINDS = 3
 # What a reader answers to a frame it could not decode (plain noise gets no answer).
 _REFUSAL_STATUS = {BAD_CHECKSUM: SW_BAD_CHECKSUM, BAD_LENGTH: SW_BAD_LENGTH, SHORT_FRAME: SW_BAD_LENGTH}
 
+# What can happen to one reply on its way to the host.
+TRUNCATE = "truncate"      # only its first bytes leave (reader reset mid-reply, loose wire)
+CORRUPT = "bad_checksum"   # one bit flipped: the checksum no longer matches
+NOISE = "garbage"          # line noise just before the frame
+SLOW = "slow"              # it leaves after a delay, longer than the host waits
+DROP = "no_reply"          # the command is never answered
+FAULTS = (TRUNCATE, CORRUPT, NOISE, SLOW, DROP)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault for one reply: the next reply to ``command`` (a ``KNOWN_COMMANDS`` name), or
+    to anything when ``command`` is None."""
+
+    kind: str
+    command: str | None = None
+    keep: int | None = None    # TRUNCATE: bytes that leave; None: half the frame
+    delay_s: float = 0.0       # SLOW
+    junk: bytes = b"\x00\xff\x13\x37garbage"  # NOISE
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULTS:
+            raise ValueError(f"unknown fault {self.kind!r}; expected one of {', '.join(FAULTS)}")
+        if self.command is not None and self.command not in KNOWN_COMMANDS.values():
+            raise ValueError(f"unknown command {self.command!r}; expected one of "
+                             f"{', '.join(KNOWN_COMMANDS.values())}")
+        if self.kind == SLOW and self.delay_s <= 0:
+            raise ValueError("a slow reply needs delay_s > 0")
+        if self.keep is not None and self.keep < 0:
+            raise ValueError("keep must be >= 0 bytes")
+        if self.kind == NOISE and not self.junk:
+            raise ValueError("garbage needs at least one byte")
+
 
 class SamReaderSimulator:
     """Serves reader replies on ``fd`` from a thread. The caller owns (and closes) ``fd``."""
@@ -41,10 +80,11 @@ class SamReaderSimulator:
         self._lock = threading.Condition()
         self._card: Identity | None = None
         self._away = 0  # finds still to answer "no card" because a card was just lifted
-        self._garbage = b""
-        self._corrupt_next = False
+        self._faults: deque[Fault] = deque()
         self.sam_ok = True
+        self.received: Counter[str] = Counter()  # command name -> times asked (answer already made)
         self.served: Counter[str] = Counter()  # command name (or "refused") -> times answered
+        self.faulted: Counter[str] = Counter()  # fault kind -> times done (its bytes are out)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refusals: list[Refusal] = []
@@ -64,20 +104,26 @@ class SamReaderSimulator:
                 self._away = LIFT_FINDS
             self._card = identity
 
-    def inject_garbage(self, junk: bytes) -> None:
-        """Line noise: ``junk`` goes out just before the next reply."""
+    def inject(self, fault: Fault) -> None:
+        """Queue ``fault``; faults apply in order, each to one reply it matches."""
         with self._lock:
-            self._garbage += junk
+            self._faults.append(fault)
 
-    def corrupt_next_reply(self) -> None:
-        """The next reply leaves with a wrong checksum, as after a flipped bit."""
+    def wait_received(self, name: str, count: int, timeout: float) -> bool:
+        """Block until command ``name`` has been asked ``count`` times (its answer is made, not
+        necessarily sent: a slow reply is then on its way)."""
         with self._lock:
-            self._corrupt_next = True
+            return self._lock.wait_for(lambda: self.received[name] >= count, timeout)
 
     def wait_served(self, name: str, count: int, timeout: float) -> bool:
         """Block until command ``name`` has been answered ``count`` times in all."""
         with self._lock:
             return self._lock.wait_for(lambda: self.served[name] >= count, timeout)
+
+    def wait_faulted(self, kind: str, count: int, timeout: float) -> bool:
+        """Block until fault ``kind`` has been done ``count`` times in all."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self.faulted[kind] >= count, timeout)
 
     # -- serving -------------------------------------------------------------------------
 
@@ -131,20 +177,35 @@ class SamReaderSimulator:
                 self._stop.wait(_WAKE_S)
                 continue
             for command in self._decoder.feed(chunk):
-                self._reply(KNOWN_COMMANDS.get(command.code, "unknown"), self.answer(command))
+                name, reply = KNOWN_COMMANDS.get(command.code, "unknown"), self.answer(command)
+                with self._lock:
+                    self.received[name] += 1
+                    self._lock.notify_all()
+                self._reply(name, reply)
             refusals = self._refusals.copy()
             self._refusals.clear()
             for refusal in refusals:
                 if refusal.reason in _REFUSAL_STATUS:
                     self._reply("refused", Reply(_REFUSAL_STATUS[refusal.reason]))
 
+    def _take_fault(self, name: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.command in (None, name):
+                    self._faults.remove(fault)
+                    return fault
+        return None
+
     def _reply(self, name: str, reply: Reply) -> None:
         frame = encode_reply(reply)
-        with self._lock:
-            if self._corrupt_next:
-                frame = frame[:-1] + bytes([frame[-1] ^ 0xFF])
-                self._corrupt_next = False
-            frame, self._garbage = self._garbage + frame, b""
+        fault = self._take_fault(name)
+        if fault is not None:
+            if fault.kind == DROP:
+                self._count(fault)
+                return
+            if fault.kind == SLOW and self._stop.wait(fault.delay_s):
+                return  # stopped meanwhile: the reply never leaves
+            frame = _damage(frame, fault)
         view = memoryview(frame)
         try:
             while view:
@@ -154,3 +215,21 @@ class SamReaderSimulator:
         with self._lock:
             self.served[name] += 1
             self._lock.notify_all()
+        self._count(fault)
+
+    def _count(self, fault: Fault | None) -> None:
+        if fault is not None:
+            with self._lock:
+                self.faulted[fault.kind] += 1
+                self._lock.notify_all()
+
+
+def _damage(frame: bytes, fault: Fault) -> bytes:
+    """``frame`` as ``fault`` leaves it on the line (a slow reply leaves whole)."""
+    if fault.kind == TRUNCATE:
+        return frame[:len(frame) // 2 if fault.keep is None else fault.keep]
+    if fault.kind == CORRUPT:
+        return frame[:-1] + bytes([frame[-1] ^ 0xFF])
+    if fault.kind == NOISE:
+        return fault.junk + frame
+    return frame

@@ -19,15 +19,17 @@ from drivers import driver_class
 from drivers.base import ABSENT, FAULT, OK, STOPPED, SimulationError
 from drivers.events import CardPresented, CardRemoved, DeviceStateChanged, Identity, ReaderGarbage
 from drivers.idcard import SerialIdCardReader, SimIdCardReader
-from drivers.sam_protocol import BAD_CHECKSUM, GARBAGE
-from drivers.sam_simulator import SamReaderSimulator
+from drivers.sam_protocol import BAD_CHECKSUM, GARBAGE, SHORT_FRAME
+from drivers.sam_simulator import CORRUPT, DROP, NOISE, SLOW, TRUNCATE, Fault, SamReaderSimulator
 
 WAIT = 5.0
 ID_NUMBER = "11010519491231002X"
-ZHANG = Identity(name="张三丰", sex="1", nation="01", birth="19491231", address="北京市东城区考试路1号",
+ZHANG = Identity(name="张三丰", sex="男", sex_code="1", nation="汉", nation_code="01", birth="19491231",
+                 address="北京市东城区考试路1号",
                  id_number=ID_NUMBER, issuer="北京市公安局东城分局", valid_from="20150101",
                  valid_to="20350101", photo_wlt=bytes(range(256)) * 4, id_valid=True)
-LI = Identity(name="李四", sex="2", nation="03", birth="20060215", address="广西南宁市青秀区",
+LI = Identity(name="李四", sex="女", sex_code="2", nation="壮", nation_code="08", birth="20060215",
+              address="广西南宁市青秀区",
               id_number="450103200602150027", issuer="南宁市公安局青秀分局", valid_from="20220301",
               valid_to="20270301", photo_wlt=bytes(1024), id_valid=False)  # wrong check digit
 
@@ -168,26 +170,98 @@ def test_swapped_card_is_a_new_placement(reader: SerialIdCardReader, line: Line,
     assert events.wait(CardPresented, 3)[2].identity == LI
 
 
-def test_garbage_is_counted_and_reported(reader: SerialIdCardReader, line: Line, events: Events) -> None:
-    line.sim.inject_garbage(b"\x00\xffnoise\x13")
+READ = "read text and photo"
+UNEXPECTED = "unexpected_frame"
+
+
+@pytest.mark.parametrize("fault,reason,rereads,missed", [
+    (Fault(TRUNCATE, READ), SHORT_FRAME, True, False),
+    (Fault(TRUNCATE, READ, keep=3), GARBAGE, True, True),   # cut inside the preamble: noise, no reply
+    (Fault(CORRUPT, READ), BAD_CHECKSUM, True, False),
+    (Fault(NOISE, READ, junk=b"\x00\xffnoise\x13"), GARBAGE, False, False),  # the frame behind is whole
+    (Fault(SLOW, READ, delay_s=0.4), UNEXPECTED, True, True),  # it comes after we gave up on it
+    (Fault(DROP, READ), None, True, True),
+], ids=["truncated", "truncated-in-preamble", "bad-checksum", "garbage-before", "slow", "no-reply"])
+def test_a_damaged_card_read_is_refused_counted_and_the_next_card_read(
+        line: Line, bus: Bus, events: Events, caplog: pytest.LogCaptureFixture,
+        fault: Fault, reason: str | None, rereads: bool, missed: bool) -> None:
+    caplog.set_level(logging.INFO, logger="drivers.idcard")
+    drv = SerialIdCardReader("idcard1", config(line.link, read_timeout_s=0.3), bus)
+    drv.start()
+    try:
+        line.sim.inject(fault)
+        line.sim.set_card(ZHANG)
+        assert line.sim.wait_faulted(fault.kind, 1, WAIT)
+        [event] = events.wait(CardPresented)
+        assert event.identity == ZHANG
+        # The damaged reply was not believed: the card had to be read again (garbage aside, whose
+        # frame behind it was whole). Once read, the card is not read again while it stays.
+        assert line.sim.received[READ] == (2 if rereads else 1)
+        details = drv.status().details
+        if reason is not None:
+            refused = events.wait(ReaderGarbage, where=lambda e: e.reason == reason)
+            assert details["refused"][reason] >= 1 and details["garbage_count"] >= len(refused)
+            assert f"({reason})" in caplog.text
+        if missed:
+            assert details["timeouts"] >= 1
+            assert f"no reply to {READ} within 0.3 s" in caplog.text
+        else:
+            assert details["timeouts"] == 0
+        if fault.kind != SLOW:  # a slow reply may land after the next find too: two misses in a row
+            assert events.states() == [OK]  # one damaged or lost reply is the line, not a faulty reader
+        assert ID_NUMBER not in caplog.text
+
+        line.sim.set_card(LI)  # and the next candidate's card reads as usual
+        assert events.wait(CardPresented, 2)[1].identity == LI
+        assert [e.identity for e in events.of(CardPresented)] == [ZHANG, LI]
+    finally:
+        drv.stop()
+
+
+def test_garbage_run_is_reported_once_with_its_size(reader: SerialIdCardReader, line: Line,
+                                                    events: Events) -> None:
+    line.sim.inject(Fault(NOISE, junk=b"\x00\xffnoise\x13"))
     [event] = events.wait(ReaderGarbage, where=lambda e: e.reason == GARBAGE)
     assert event.count == 8
     details = reader.status().details
-    assert details["garbage_count"] >= 1 and details["garbage_bytes"] >= 8
-    line.sim.set_card(ZHANG)
-    assert events.wait(CardPresented)[0].identity == ZHANG  # the line still works after noise
+    assert details["garbage_count"] == 1 and details["garbage_bytes"] == 8
+    assert details["refused"] == {GARBAGE: 1}
 
 
-def test_corrupt_card_frame_is_not_believed(reader: SerialIdCardReader, line: Line, events: Events) -> None:
-    reads = line.sim.served["read text and photo"]
-    line.sim.corrupt_next_reply()
-    line.sim.set_card(ZHANG)  # the corruption hits a find, select or read: all must be refused
-    events.wait(ReaderGarbage, where=lambda e: e.reason == BAD_CHECKSUM)
-    [event] = events.wait(CardPresented)
-    assert event.identity == ZHANG
-    assert line.sim.served["read text and photo"] >= reads + 1
-    assert reader.status().details["garbage_count"] >= 1
-    assert events.states() == [OK]  # a mangled reply is noise, not a faulty reader
+def test_a_late_reply_is_never_taken_for_the_next_card(line: Line, bus: Bus, events: Events) -> None:
+    """A read answered late carries the card that was there when it was asked; by then another
+    card may lie on the reader. The late frame must be refused, not believed as the new card's."""
+    drv = SerialIdCardReader("idcard1", config(line.link, read_timeout_s=0.3), bus)
+    drv.start()
+    try:
+        line.sim.inject(Fault(SLOW, READ, delay_s=0.4))
+        line.sim.set_card(ZHANG)
+        assert line.sim.wait_received(READ, 1, WAIT)  # ZHANG's text is made, and on its way slowly
+        line.sim.set_card(LI)  # ZHANG lifted, LI put down before the answer arrives
+        assert events.wait(CardPresented)[0].identity == LI
+        assert line.sim.faulted[SLOW] == 1  # the late frame came before LI's, and was refused
+        assert [e.identity for e in events.of(CardPresented)] == [LI]
+        assert drv.status().details["refused"][UNEXPECTED] >= 1
+    finally:
+        drv.stop()
+
+
+def test_events_carry_the_drivers_clock(line: Line, bus: Bus, events: Events) -> None:
+    moved = 1_900_000_000.0  # 2030: far from the wall clock, as in a test that moves time
+    drv = SerialIdCardReader("idcard1", config(line.link), bus, clock=lambda: moved)
+    drv.start()
+    try:
+        line.sim.inject(Fault(NOISE))
+        line.sim.set_card(ZHANG)
+        events.wait(CardPresented)
+        events.wait(ReaderGarbage)
+        line.sim.set_card(None)
+        events.wait(CardRemoved)
+    finally:
+        drv.stop()
+    kinds = {type(e) for e in events.items}
+    assert {DeviceStateChanged, CardPresented, ReaderGarbage, CardRemoved} <= kinds
+    assert {e.ts for e in events.items} == {moved}
 
 
 def test_reader_absent_at_start(tmp_path: Path, bus: Bus, events: Events) -> None:
@@ -302,7 +376,9 @@ def test_sim_backend_reads_simulated_cards_through_the_serial_path(sim_reader: S
     out = sim_reader.simulate("card", ["11010519491231002x", "王五"])
     assert out == {"card": "110105********002X", "name": "王五", "valid_to": "20350101", "id_valid": True}
     identity = events.wait(CardPresented)[0].identity
-    assert (identity.name, identity.birth, identity.sex, identity.valid_to) == ("王五", "19491231", "2", "20350101")
+    assert (identity.name, identity.birth, identity.valid_to) == ("王五", "19491231", "20350101")
+    # digit 17 is even: a woman; the sim's cards are 汉 (01)
+    assert (identity.sex, identity.sex_code, identity.nation, identity.nation_code) == ("女", "2", "汉", "01")
     assert identity.id_number == ID_NUMBER and identity.id_valid
 
     assert sim_reader.simulate("remove", []) == {"removed": True}
@@ -313,8 +389,20 @@ def test_sim_backend_reads_simulated_cards_through_the_serial_path(sim_reader: S
 
     sim_reader.simulate("card", ["41010519900101123X", "expired"])
     late = events.wait(CardPresented, 2)[1].identity
-    assert late.valid_to < "20250101" and late.name == "测试考生" and late.sex == "1"
+    assert late.valid_to < "20250101" and late.name == "测试考生" and (late.sex, late.sex_code) == ("男", "1")
     assert sim_reader.selftest().ok
+
+
+def test_sim_backend_acts_out_faults_on_its_own_line(bus: Bus, events: Events) -> None:
+    drv = SimIdCardReader("idcard1", {"poll_interval_s": 0.02, "read_timeout_s": 0.3}, bus)
+    with drv:
+        assert drv.simulate("fault", ["truncate", "read"]) == {"fault": TRUNCATE, "command": READ}
+        assert drv.simulate("fault", ["no_reply"]) == {"fault": DROP, "command": "any"}
+        drv.simulate("card", [ID_NUMBER])
+        assert events.wait(CardPresented)[0].identity.id_number == ID_NUMBER
+        details = drv.status().details
+        assert details["refused"][SHORT_FRAME] == 1 and details["timeouts"] >= 1
+        assert len(events.of(CardPresented)) == 1
 
 
 @pytest.mark.parametrize("action,args,words", [
@@ -325,6 +413,10 @@ def test_sim_backend_reads_simulated_cards_through_the_serial_path(sim_reader: S
     ("card", [ID_NUMBER, "a", "b"], "one name"),
     ("remove", ["now"], "no arguments"),
     ("garbage", ["zz"], "hex bytes"),
+    ("fault", [], "fault takes"),
+    ("fault", ["melt"], "fault takes"),
+    ("fault", ["slow", "write"], "fault takes"),
+    ("fault", ["slow", "read", "now"], "fault takes"),
 ])
 def test_sim_refuses_bad_actions(sim_reader: SimIdCardReader, action: str, args: list[str], words: str) -> None:
     with pytest.raises(SimulationError, match=words) as info:

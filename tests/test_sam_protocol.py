@@ -10,8 +10,9 @@ from drivers.events import Identity
 from drivers.gb11643 import check_digit
 from drivers.sam_protocol import (
     BAD_CHECKSUM, BAD_LENGTH, FIND_CARD, GARBAGE, KNOWN_COMMANDS, PHOTO_LEN, READ_TEXT_PHOTO,
-    SAM_ID, SAM_STATUS, SELECT_CARD, SHORT_FRAME, TEXT_LEN, CardError, Command, CommandRejected,
-    Refusal, Reply, SamFault, UnexpectedStatus, check_status, command_decoder, decode_identity,
+    NATION_NAMES, SAM_ID, SAM_STATUS, SELECT_CARD, SEX_NAMES, SHORT_FRAME, TEXT_LEN, CardError, Command,
+    CommandRejected, Refusal, Reply, SamFault, UnexpectedStatus, answers, check_status, command_decoder,
+    decode_identity,
     decode_text, encode_command, encode_identity, encode_reply, encode_text, format_sam_id,
     reply_decoder,
 )
@@ -24,7 +25,7 @@ def _id(first17: str) -> str:
     return first17 + check_digit(first17)
 
 
-ZHANG = Identity(name="张三丰", sex="1", nation="01", birth="19491231",
+ZHANG = Identity(name="张三丰", sex="男", sex_code="1", nation="汉", nation_code="01", birth="19491231",
                  address="北京市东城区考试路1号院2号楼", id_number="11010519491231002X",
                  issuer="北京市公安局东城分局", valid_from="20150101", valid_to="长期",
                  photo_wlt=bytes(range(256)) * 4, id_valid=True)
@@ -106,6 +107,17 @@ def test_every_sw3_code(sw3: int, code: tuple[int, int], error: type[Exception] 
     assert isinstance(info.value, DeviceError)
     assert info.value.sw3 == sw3
     assert f"{sw3:02X}" in str(info.value) and KNOWN_COMMANDS[code] in str(info.value)
+
+
+@pytest.mark.parametrize("sw3,code,expected", [
+    (0x9F, FIND_CARD, True), (0x80, FIND_CARD, True), (0x90, FIND_CARD, False),  # a late select/read reply
+    (0x90, SELECT_CARD, True), (0x9F, SELECT_CARD, False), (0x81, SELECT_CARD, True),
+    (0x90, READ_TEXT_PHOTO, True), (0x9F, READ_TEXT_PHOTO, False), (0x60, READ_TEXT_PHOTO, True),
+    (0x33, SAM_STATUS, False),
+])
+def test_answers_tells_a_reply_to_this_command_from_another(sw3: int, code: tuple[int, int],
+                                                           expected: bool) -> None:
+    assert answers(Reply(sw3), code) is expected
 
 
 def test_rejections_are_protocol_errors_and_card_errors_are_not() -> None:
@@ -207,14 +219,52 @@ def test_text_fields_at_their_byte_offsets() -> None:
     block[188:204] = _field("20200101", 16)
     block[204:220] = _field("20400101", 16)
     fields = decode_text(bytes(block))
-    assert fields == {"name": "欧阳娜娜", "sex": "2", "nation": "01", "birth": "19900101",
+    assert fields == {"name": "欧阳娜娜", "sex_code": "2", "sex": "女", "nation_code": "01", "nation": "汉",
+                      "birth": "19900101",
                       "address": "河南省郑州市金水区", "id_number": id_number,
                       "issuer": "郑州市公安局金水分局", "valid_from": "20200101", "valid_to": "20400101"}
     assert encode_text(fields) == bytes(block)
 
 
+def _text_with(sex_code: str, nation_code: str) -> bytes:
+    return encode_text({"name": "某人", "sex_code": sex_code, "nation_code": nation_code, "birth": "20000101",
+                        "address": "", "id_number": "", "issuer": "", "valid_from": "", "valid_to": ""})
+
+
+@pytest.mark.parametrize("code,word", [("0", "未知"), ("1", "男"), ("2", "女"), ("9", "未说明"), ("5", ""), ("", "")])
+def test_sex_code_is_decoded_per_gb_t_2261_1_and_kept(code: str, word: str) -> None:
+    fields = decode_text(_text_with(code, "01"))
+    assert (fields["sex_code"], fields["sex"]) == (code, word)
+
+
+@pytest.mark.parametrize("code,word", [
+    ("01", "汉"), ("02", "蒙古"), ("03", "回"), ("05", "维吾尔"), ("08", "壮"), ("10", "朝鲜"), ("11", "满"),
+    ("15", "土家"), ("22", "畲"), ("29", "柯尔克孜"), ("30", "土"), ("37", "仡佬"), ("43", "乌孜别克"),
+    ("46", "德昂"), ("52", "鄂伦春"), ("55", "珞巴"), ("56", "基诺"), ("97", "其他"), ("98", "外国血统中国籍人士"),
+    ("00", ""), ("57", ""), ("99", ""), ("1", ""),  # not GB 3304 codes: the code stays, no word is guessed
+])
+def test_nation_code_is_decoded_per_gb_3304_and_kept(code: str, word: str) -> None:
+    fields = decode_text(_text_with("1", code))
+    assert (fields["nation_code"], fields["nation"]) == (code, word)
+
+
+def test_code_tables_are_complete() -> None:
+    assert sorted(SEX_NAMES) == ["0", "1", "2", "9"]
+    assert sorted(NATION_NAMES) == [f"{i:02d}" for i in range(1, 57)] + ["97", "98"]
+    assert len(set(NATION_NAMES.values())) == 58
+
+
+def test_encoder_refuses_words_that_contradict_codes() -> None:
+    with pytest.raises(ValueError, match="sex '女'"):
+        encode_identity(replace(ZHANG, sex="女"))
+    with pytest.raises(ValueError, match="nation '汉'"):
+        encode_identity(replace(ZHANG, nation_code="03"))
+    with pytest.raises(ValueError, match="sex"):
+        encode_identity(replace(ZHANG, sex_code=""))  # a word without its code
+
+
 def test_text_that_is_not_utf16_is_refused() -> None:
-    block = bytearray(encode_text({n: "" for n in ("name", "sex", "nation", "birth", "address",
+    block = bytearray(encode_text({n: "" for n in ("name", "sex_code", "nation_code", "birth", "address",
                                                    "id_number", "issuer", "valid_from", "valid_to")}))
     block[0:2] = b"\x00\xD8"  # a lone high surrogate
     with pytest.raises(ProtocolError, match="name"):
