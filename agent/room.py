@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from agent.events import iso_now
 from agent.monitors import AudioWatch, CameraWatch, ClockWatch
 from agent.schedule import Schedule
 from agent.seatplan import load_seatplan
+from drivers.audio_levels import NO_INPUT
 from drivers.base import OK
 from drivers.gb11643 import mask_ids_in_text
 from drivers.events import (AudioLevels, AudioSourceSwitched, AudioStateChanged, CameraHealth,
@@ -80,6 +82,7 @@ class Room:
         a.bus.subscribe(AudioStateChanged, self.audio.on_state)
         a.bus.subscribe(AudioSourceSwitched, self.audio.on_switch)
         a.bus.subscribe(AudioLevels, self._on_levels)
+        a.bus.subscribe(AudioStateChanged, self._on_audio_state_metric)
         a.bus.subscribe(CameraHealth, CameraWatch(a.emit).on_health)
         a.bus.subscribe(ClockState, ClockWatch(a.emit, self.station.add_incident if self.station else None).on_clock)
         a.bus.subscribe(ClockState, self._on_clock_metric)
@@ -145,6 +148,12 @@ class Room:
     def _on_levels(self, ev: AudioLevels) -> None:
         self.agent.metrics.audio_rms.labels(device=ev.device).set(ev.rms_dbfs)
         self.agent.metrics.audio_peak.labels(device=ev.device).set(ev.peak_dbfs)
+
+    def _on_audio_state_metric(self, ev: AudioStateChanged) -> None:
+        """No input, no level: NaN, or a dashboard keeps showing the last reading of a lost feed."""
+        if ev.state == NO_INPUT:
+            self.agent.metrics.audio_rms.labels(device=ev.device).set(math.nan)
+            self.agent.metrics.audio_peak.labels(device=ev.device).set(math.nan)
 
     def _on_clock_metric(self, ev: ClockState) -> None:
         if ev.offset_s is not None:

@@ -55,9 +55,13 @@ def bench_sim(seconds: int) -> None:
     drv = SimAudioMonitor("audio", {}, bus)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     drv.start()
-    done.wait(seconds + 5)
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    drv.stop()
+    try:
+        fed = done.wait(seconds + 5)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        drv.stop()
+    if not fed:
+        raise SystemExit(f"sim feed stalled: {seconds} s of levels not seen in {wall:.1f} s; no result")
     print(f"sim   {seconds} s real time: wall {wall:.2f} s, cpu {cpu:.3f} s, "
           f"share {100 * cpu / wall:.2f} % of one core")
 
@@ -77,9 +81,14 @@ pcm.bench_feed {{ type file slave.pcm bench_zeros file "/dev/null" infile "{raw}
         drv = AlsaAudioMonitor("audio", {"device": "bench_feed"}, bus)
         wall0, cpu0 = time.perf_counter(), time.process_time()
         drv.start()
-        done.wait(60)
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        drv.stop()
+        try:
+            fed = done.wait(60)
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        finally:
+            drv.stop()
+        if not fed:
+            raise SystemExit(f"alsa feed stalled: {seconds} s of levels not seen in {wall:.1f} s "
+                             f"({drv.status().reason or 'no error'}); no result")
     print(f"alsa  {seconds} s of audio read unpaced in {wall:.3f} s: cpu {cpu:.3f} s, "
           f"= {100 * cpu / seconds:.2f} % of one core at real time")
 

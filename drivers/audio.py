@@ -72,12 +72,17 @@ class AlsaAudioMonitor(AudioMonitor):
                 pcm = None
 
     def _capture(self, pcm: Any, dtype: np.dtype, channels: int) -> None:
+        """Read until stopped or the card fails. A read that blocks, or keeps returning no
+        frames, raises nothing: the monitor's watchdog turns that into a stalled capture."""
+        idle = self.block_frames / self.rate / 4
         while True:
             frames, data = pcm.read()
             if self._stop.is_set():
                 return
             if frames > 0:  # negative: overrun, alsa re-prepared; the lag check re-anchors
                 self._process(np.frombuffer(data, dtype=dtype, count=frames * channels))
+            elif frames == 0:  # nothing to read yet: do not spin a core waiting for it
+                self._stop.wait(idle)
 
 
 class SimAudioMonitor(AudioMonitor):

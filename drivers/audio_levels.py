@@ -139,7 +139,11 @@ class LevelAnalyzer:
         return block, None
 
     def lose_input(self) -> Transition | None:
-        """The device went away: no samples, so the state is ``no_input`` from the last one on."""
+        """The device went away or stopped delivering: ``no_input`` from the last sample on.
+
+        None when the state already was ``no_input``, including the undecided start-up
+        state: announcing that the input never came is the monitor's business.
+        """
         self._quiet_since = None
         return self._enter(NO_INPUT, self.frames, None)
 

@@ -10,6 +10,12 @@ AudioLevels is emitted once per ``levels_every_s`` (default 1 s), not per
 100 ms block: the agent forwards levels to MQTT and metrics, ten messages a
 second per room would be noise, and nothing is lost because state changes are
 emitted at once with the exact start of the new state.
+
+Time: frames are the truth for durations, placed on the monotonic clock at
+open; the wall clock only labels them, read at the moment a label is made, so
+a step of the wall clock (either way) moves labels and never durations. A
+watchdog thread declares the capture stalled when no block has arrived for the
+silence hold: a read blocked inside the sound driver cannot say so itself.
 """
 from __future__ import annotations
 
@@ -17,9 +23,10 @@ import math
 import subprocess
 import tempfile
 import threading
+import time
 import wave
 from abc import abstractmethod
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -27,13 +34,15 @@ from drivers.audio_levels import (NO_INPUT, Block, LevelAnalyzer, LevelWindow,
                                   Thresholds, TrialRecorder, Transition)
 from drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus, Driver,
                           Option, SelftestResult, SelftestStep)
+from drivers.bus import Bus, DeviceEvent
 from drivers.events import AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
 
 SOURCES = ("primary", "backup")  # relay released = primary, so a dead box falls back to it
 REASONS = ("command", "auto", "selftest")
 MAX_TRIAL_S = 3600.0
 TRIAL_SLACK_S = 2.0   # a real-time feed delivers N seconds in N seconds; beyond that it stalled
-LAG_REANCHOR_S = 1.0  # samples this far behind the wall clock were lost (overrun, suspend)
+LAG_REANCHOR_S = 1.0  # samples this far behind the monotonic clock were lost (overrun, suspend)
+STALL_BLOCKS = 3      # a stall is never declared within this many block periods (block_ms > hold)
 DTYPES = {"S16_LE": "<i2", "S32_LE": "<i4"}
 
 
@@ -79,19 +88,26 @@ class AudioMonitor(Driver):
                                 help="selftest plays a tone and expects it back on the input"),
     }
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, name: str, config: dict[str, Any], bus: Bus,
+                 clock: Callable[[], float] = time.time, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name, config, bus, clock)
+        self._monotonic = monotonic
         self._cond = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
         self._state = STOPPED  # DeviceStatus state of the capture side
         self._reason = ""
         self._analyzer: LevelAnalyzer | None = None
         self._window: LevelWindow | None = None
         self._last: Block | None = None
-        self._since = 0.0
-        self._t0 = 0.0   # wall time of frame _f0
+        self._since_m = 0.0       # monotonic time the current feed state began
+        self._m0 = 0.0            # monotonic time of frame _f0
         self._f0 = 0
+        self._last_frame_m = 0.0  # monotonic time the last block arrived (or the source opened)
+        self._announced = False   # an AudioStateChanged went out since start()
+        self._stalled = False     # the current FAULT is a stalled capture
         self._recorders: list[tuple[TrialRecorder, threading.Event]] = []
         self._relay: Any = None
         self._relay_error = ""
@@ -127,22 +143,28 @@ class AudioMonitor(Driver):
             self._stop.clear()
             self._analyzer = LevelAnalyzer(self.rate, int(self._opt("channels")), self.thresholds())
             self._window = LevelWindow(round(float(self._opt("levels_every_s")) * self.rate))
-            self._last, self._since = None, self.clock()
+            self._last, self._announced, self._stalled = None, False, False
+            self._m0, self._f0 = self._monotonic(), 0
+            self._since_m = self._last_frame_m = self._m0
             self._state, self._reason = ABSENT, "not opened yet"
             self._open_relay()
         # The first open is synchronous so status() is right as soon as start() returns.
         thread = threading.Thread(target=self._run, args=(self._open_source(),),
                                   name=f"audio-{self.name}", daemon=True)
+        watchdog = threading.Thread(target=self._watch, name=f"audio-{self.name}-watchdog", daemon=True)
         with self._lock:
-            self._thread = thread
+            self._thread, self._watchdog = thread, watchdog
         thread.start()
+        watchdog.start()
 
     def stop(self) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
+            watchdog, self._watchdog = self._watchdog, None
             self._stop.set()
-        if thread is not None:
-            thread.join()
+        for t in (thread, watchdog):
+            if t is not None:
+                t.join()
         with self._lock:
             self._finish_recorders()
             if self._relay is not None:
@@ -175,47 +197,92 @@ class AudioMonitor(Driver):
     def _run(self, handle: Any) -> None:
         """Feed ``_process`` until ``_stop`` is set, reopening the source as needed."""
 
+    def _label(self, mono: float) -> float:
+        """Wall time of a monotonic instant, by the wall clock as it reads now."""
+        return mono + (self.clock() - self._monotonic())
+
+    def _mono(self, frame: int) -> float:
+        return self._m0 + (frame - self._f0) / self.rate
+
     def _wall(self, frame: int) -> float:
-        return self._t0 + (frame - self._f0) / self.rate
+        return self._label(self._mono(frame))
 
     def _opened(self) -> None:
-        """Samples start flowing now: frame time is anchored to the wall clock here."""
+        """Samples start flowing now: frame time is anchored to the monotonic clock here."""
         with self._lock:
             assert self._analyzer is not None
-            self._t0, self._f0 = self.clock(), self._analyzer.frames
+            self._m0, self._f0 = self._monotonic(), self._analyzer.frames
+            self._last_frame_m, self._stalled = self._m0, False
             changed = self._state != OK
             self._state, self._reason = OK, ""
         if changed:
             self.emit(DeviceStateChanged(self.name, state=OK, ts=self.clock()))
 
     def _lost(self, state: str, reason: str) -> None:
+        """The source is gone (absent card, failed read); the retry loop is the caller's."""
         with self._lock:
-            assert self._analyzer is not None
             changed = (self._state, self._reason) != (state, reason)
-            self._state, self._reason = state, reason
-            self._last = None
-            self._finish_recorders()
-            tr = self._analyzer.lose_input()
-            if tr is not None:
-                self._since = self.clock()
+            self._state, self._reason, self._stalled = state, reason, False
+            tr = self._lose_input()
         if changed:
             self.emit(DeviceStateChanged(self.name, state=state, reason=reason, ts=self.clock()))
         if tr is not None:
-            self.emit(AudioStateChanged(self.name, state=tr.state, previous=tr.previous,
-                                        since=self._since, ts=self.clock()))
+            self.emit(tr)
+
+    def _lose_input(self) -> AudioStateChanged | None:
+        """No samples from the last one on: ``no_input``, announced even if the feed never had
+        input (it starts in ``no_input``), or a listening window that opens on an absent device
+        would never be told of the loss."""
+        assert self._analyzer is not None and self._window is not None
+        self._last = None
+        self._window = LevelWindow(self._window.window)  # no reading mixes both sides of a gap
+        self._finish_recorders()
+        tr = self._analyzer.lose_input()
+        if tr is None and not self._announced:
+            tr = Transition(NO_INPUT, NO_INPUT, self._analyzer.frames)
+        return None if tr is None else self._state_event(tr, self._last_frame_m)
+
+    def _stall_after(self) -> float:
+        return max(float(self._opt("silence_hold_s")), STALL_BLOCKS * self.block_frames / self.rate)
+
+    def _watch(self) -> None:
+        """Declares the capture stalled after ``_stall_after`` seconds without a block, waking
+        when the next block would be that late, so a healthy feed costs one wake-up a hold."""
+        limit = self._stall_after()
+        wait = limit
+        while not self._stop.wait(wait):
+            tr, reason, wait = None, "", limit
+            with self._lock:
+                if self._state == OK and not self._stalled:
+                    idle = self._monotonic() - self._last_frame_m
+                    if idle > limit:
+                        self._stalled = True
+                        self._state = FAULT
+                        self._reason = reason = f"capture stalled: no samples for over {limit:g} s"
+                        tr = self._lose_input()
+                    else:
+                        wait = max(0.01, limit - idle + 0.01)
+            if reason:
+                self.emit(DeviceStateChanged(self.name, state=FAULT, reason=reason, ts=self.clock()))
+            if tr is not None:
+                self.emit(tr)
 
     def _finish_recorders(self) -> None:
         for _, done in self._recorders:
             done.set()
 
     def _process(self, pcm: np.ndarray) -> None:
-        events: list[AudioLevels | AudioStateChanged] = []
+        events: list[DeviceEvent] = []
         with self._lock:
             assert self._analyzer is not None and self._window is not None
             block, tr = self._analyzer.feed(pcm)
-            now = self.clock()
-            if now - self._wall(block.end) > LAG_REANCHOR_S:
-                self._t0, self._f0 = now, block.end
+            mono, now = self._monotonic(), self.clock()
+            if self._stalled or mono - self._mono(block.end) > LAG_REANCHOR_S:
+                self._m0, self._f0 = mono, block.end  # samples were lost or held up: place them anew
+            self._last_frame_m = mono
+            if self._stalled:  # blocks again after a stall: the capture works
+                self._stalled, self._state, self._reason = False, OK, ""
+                events.append(DeviceStateChanged(self.name, state=OK, ts=now))
             self._last = block
             if tr is not None:
                 events.append(self._state_event(tr))
@@ -231,10 +298,13 @@ class AudioMonitor(Driver):
         for event in events:
             self.emit(event)
 
-    def _state_event(self, tr: Transition) -> AudioStateChanged:
-        self._since = self._wall(tr.start)
-        return AudioStateChanged(self.name, state=tr.state, previous=tr.previous, since=self._since,
-                                 rms_dbfs=tr.rms_dbfs, peak_dbfs=tr.peak_dbfs, ts=self.clock())
+    def _state_event(self, tr: Transition, since_m: float | None = None) -> AudioStateChanged:
+        """The event of a transition; ``since_m`` (monotonic) overrides its start frame."""
+        self._since_m = self._mono(tr.start) if since_m is None else since_m
+        self._announced = True
+        return AudioStateChanged(self.name, state=tr.state, previous=tr.previous,
+                                 since=self._label(self._since_m), rms_dbfs=tr.rms_dbfs,
+                                 peak_dbfs=tr.peak_dbfs, ts=self.clock())
 
     # -- what the agent calls ---------------------------------------------------------
 
@@ -243,7 +313,7 @@ class AudioMonitor(Driver):
             last = self._last
             return {
                 "state": self._analyzer.state if self._analyzer is not None else NO_INPUT,
-                "since": self._since,
+                "since": self._label(self._since_m),
                 "rms_dbfs": round(last.rms_dbfs, 2) if last is not None else None,
                 "peak_dbfs": round(last.peak_dbfs, 2) if last is not None else None,
                 "source": self._source,

@@ -1,27 +1,40 @@
 """Audio monitor: the level core on WAV files, AlsaAudioMonitor through a real ALSA
 ``file`` device reading those WAVs, and the real-time SimAudioMonitor.
 
-The ALSA device is not paced, so a fake constant clock makes every ``since``
-exact (start + frames / rate) and a collector keeps only the events of the
-first N seconds of the feed (the file plugin reads zeros past the end).
+The ALSA device is not paced, so a fake constant clock (wall and monotonic)
+makes every ``since`` exact (start + frames / rate) and a collector keeps only
+the events of the first N seconds of the feed (the file plugin reads zeros past
+the end).
 """
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import subprocess
 import threading
+import time
 import wave
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
+from jsonschema import Draft202012Validator
 
+from agent import config
+from agent.daemon import Agent
+from agent.events import iso_now
+from agent.monitors import AudioWatch
+from agent.schedule import Schedule, Session, Window
 from drivers.bus import Bus, DeviceEvent
 from drivers.audio import AlsaAudioMonitor, SimAudioMonitor
 from drivers.audio_levels import LevelAnalyzer, Thresholds, TrialRecorder
 from drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError
 from drivers.events import AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
+from tests.agentproc import write_config
+from tests.test_contract import load_schemas
 
 pytestmark = pytest.mark.skipif(not (shutil.which("sox") and shutil.which("espeak-ng")),
                                 reason="needs Debian sox and espeak-ng")
@@ -88,6 +101,7 @@ def alsa_feed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[Path
     """
     conf = tmp_path / "asound.conf"
     raw = tmp_path / "feed.raw"
+    fifo = tmp_path / "feed.fifo"  # examroom_fifo: a feed that stops when its writer does
 
     def use(wav: Path) -> str:
         subprocess.run(["sox", "-D", str(wav), "-t", "raw", str(raw)], check=True)
@@ -96,6 +110,7 @@ def alsa_feed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[Path
     conf.write_text(f"""</usr/share/alsa/alsa.conf>
 pcm.examroom_zeros {{ type file slave.pcm null file "/dev/null" infile "/dev/zero" format raw }}
 pcm.examroom_feed {{ type file slave.pcm examroom_zeros file "/dev/null" infile "{raw}" format raw }}
+pcm.examroom_fifo {{ type file slave.pcm examroom_zeros file "/dev/null" infile "{fifo}" format raw }}
 """)
     monkeypatch.setenv("ALSA_CONFIG_PATH", str(conf))
     return use
@@ -127,7 +142,8 @@ class Collector:
 def run_alsa(device: str, seconds: int, **options: Any) -> Collector:
     bus = Bus()
     col = Collector(bus, seconds)
-    drv = AlsaAudioMonitor("audio", {"device": device, **options}, bus, clock=fixed_clock)
+    drv = AlsaAudioMonitor("audio", {"device": device, **options}, bus, clock=fixed_clock,
+                           monotonic=fixed_clock)
     drv.start()
     try:
         assert col.done.wait(10), "feed not consumed"
@@ -400,3 +416,181 @@ def test_options_are_declared() -> None:
     for cls in (AlsaAudioMonitor, SimAudioMonitor):
         assert {"device", "rate", "channels", "block_ms", "silence_floor_dbfs", "silence_hold_s",
                 "clip_dbfs", "relay_pin", "relay_active_high"} <= set(cls.options)
+
+
+# -- what the exam makes of it: no input, stepped clocks, stalls, the contract -----------------
+
+class Log:
+    """Items handed over by other threads, waited on (never slept for)."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self._cond = threading.Condition()
+
+    def add(self, item: Any) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait(self, pred: Callable[[Any], bool], after: int = 0, timeout: float = 5.0) -> Any:
+        def first() -> Any:
+            return next((i for i in self.items[after:] if pred(i)), None)
+        with self._cond:
+            found = self._cond.wait_for(first, timeout)
+        assert found is not None, f"not seen within {timeout} s; have {self.items[after:]}"
+        return found
+
+
+class Emitted(Log):
+    """A watcher's ``emit``: keeps (kind, data) and checks data against the documented schema
+    (a failed assert in a bus listener would only be logged, so problems are kept instead)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        fmt = Draft202012Validator.FORMAT_CHECKER
+        self.validators = {k: Draft202012Validator(v, format_checker=fmt) for k, v in load_schemas().items()}
+        self.problems: list[str] = []
+
+    def __call__(self, kind: str, data: dict[str, Any]) -> None:
+        self.problems += [f"{kind}: {e.message}" for e in self.validators[f"data/{kind}"].iter_errors(data)]
+        self.add((kind, data))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [d for k, d in self.items if k == kind]
+
+
+def test_input_absent_from_boot_is_an_incident_when_listening_opens(
+        feeds: Feeds, alsa_feed: Callable[[Path], str], mock_gpio: Any) -> None:
+    wall = [T0]
+    listen = Window(T0 + 10, T0 + 60)
+    schedule = Schedule((Session("eng-am", "English", T0 + 5, T0 + 100, 30, 15, (listen,),
+                                 datetime.now().astimezone().tzinfo),))
+    bus, emitted, records = Bus(), Emitted(), []
+    drv = AlsaAudioMonitor("broadcast", {"device": "examroom_feed", "retry_s": 0.05, "relay_pin": 17},
+                           bus, clock=lambda: wall[0])
+
+    def auto_backup(device: str) -> None:  # what the room does with ``auto_switch_backup``
+        if drv.levels()["source"] == "primary":
+            drv.switch_source("backup", "auto")
+
+    watch = AudioWatch(schedule, emitted, lambda: wall[0], records.append, auto_backup)
+    bus.subscribe(AudioStateChanged, watch.on_state)
+    bus.subscribe(AudioSourceSwitched, watch.on_switch)
+    drv.start()  # feed.raw does not exist: the input is absent from the start
+    try:
+        [boot] = emitted.of("audio")
+        assert (boot["state"], boot["previous"], boot["listening"]) == ("no_input", "no_input", False)
+        assert drv.levels()["since"] == pytest.approx(T0, abs=0.5)
+        watch.evaluate()
+        assert emitted.of("incident") == [] and watch.alerts() == []
+
+        wall[0] = listen.start  # the listening window opens; the agent's tick evaluates
+        watch.evaluate()
+        [started] = emitted.of("incident")
+        assert started == {"type": "audio_loss", "device": "broadcast", "session": "eng-am",
+                           "cause": "no_input", "start": iso_now(listen.start), "phase": "started"}
+        assert emitted.of("audio_switch") == [{"device": "broadcast", "source": "backup", "reason": "auto"}]
+        assert mock_gpio.pin(17).state is True
+        assert watch.alerts() == [f"broadcast: audio no_input during listening since {iso_now(listen.start)}"]
+
+        wall[0] = listen.start + 15
+        alsa_feed(feeds.tone(3))  # the card appears: the retry opens it
+        _, ended = emitted.wait(lambda i: i[0] == "incident" and i[1]["phase"] == "ended")
+        assert (ended["cause"], ended["start"]) == ("no_input", started["start"])
+        assert ended["duration_s"] == pytest.approx(15.0, abs=0.2)
+        assert records[0] == {k: v for k, v in ended.items() if k != "phase"}
+        assert emitted.problems == []
+    finally:
+        drv.stop()
+
+
+@pytest.mark.parametrize("step", [-30.0, 30.0])
+def test_wall_clock_step_moves_labels_not_durations(feeds: Feeds, alsa_feed: Callable[[Path], str],
+                                                    step: float) -> None:
+    wav = feeds.concat("dropout3", feeds.tone(3), feeds.silence(3), feeds.tone(2))
+    wall = [T0]
+    bus = Bus()
+    col = Collector(bus, 8)
+
+    def step_after_first_second(_: AudioLevels) -> None:  # runs in the capture thread, in frame order
+        if len(col.of(AudioLevels)) == 1:
+            wall[0] = T0 + step
+
+    bus.subscribe(AudioLevels, step_after_first_second)
+    drv = AlsaAudioMonitor("audio", {"device": alsa_feed(wav)}, bus, clock=lambda: wall[0],
+                           monotonic=fixed_clock)
+    drv.start()
+    try:
+        assert col.done.wait(10), "feed not consumed"
+    finally:
+        drv.stop()
+    assert col.changes() == [("no_input", "signal", 0.0), ("signal", "silence", 3.0 + step),
+                             ("silence", "signal", 6.0 + step)]
+
+
+def test_selftest_relay_switch_is_a_valid_audio_switch(sim: Any) -> None:
+    drv, bus = sim
+    emitted = Emitted()
+    bus.subscribe(AudioSourceSwitched, AudioWatch(None, emitted, time.time).on_switch)
+    result = drv.selftest(act=True)
+    assert result.ok and {s.name: s for s in result.steps}["relay switch"].ok
+    assert emitted.of("audio_switch") == [{"device": "audio", "source": "backup", "reason": "selftest"},
+                                          {"device": "audio", "source": "primary", "reason": "selftest"}]
+    assert emitted.problems == []
+
+
+def test_stalled_capture_is_no_input_and_recovers(tmp_path: Path, feeds: Feeds,
+                                                  alsa_feed: Callable[[Path], str]) -> None:
+    """A FIFO behind the ALSA file device: when its writer stops, the read blocks in alsa-lib."""
+    fifo = tmp_path / "feed.fifo"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # a writer exists, so the device's open does not block
+    with wave.open(str(feeds.tone(0.5))) as w:
+        half_second = w.readframes(w.getnframes())
+    agent = Agent(config.load(write_config(tmp_path, 1883, extra="""
+[[device]]
+kind = "audio"
+name = "broadcast"
+backend = "alsa"
+device = "examroom_fifo"
+silence_hold_s = 0.5
+levels_every_s = 0.2
+""")))
+    agent.room.start()
+    seen = Log()
+    agent.bus.subscribe(DeviceEvent, seen.add)  # after the room's: its gauges are set when we look
+
+    def gauges() -> list[float | None]:
+        return [agent.metrics.registry.get_sample_value(f"examroom_audio_{m}_dbfs", {"device": "broadcast"})
+                for m in ("rms", "peak")]
+
+    agent.devices.start()
+    drv = agent.devices.get("broadcast")
+    try:
+        os.write(writer, half_second)
+        seen.wait(lambda e: isinstance(e, AudioLevels) and e.state == "signal")
+        assert gauges() == [pytest.approx(-23.01, abs=0.1), pytest.approx(-19.98, abs=0.1)]
+        signal = seen.wait(lambda e: isinstance(e, AudioStateChanged) and e.state == "signal")
+        mark = len(seen.items)
+
+        stalled = seen.wait(lambda e: isinstance(e, AudioStateChanged), after=mark)
+        assert (stalled.state, stalled.previous) == ("no_input", "signal")
+        assert stalled.since > signal.since and stalled.ts - stalled.since > 0.5  # from the last block on
+        fault = seen.wait(lambda e: isinstance(e, DeviceStateChanged), after=mark)
+        assert (fault.state, fault.reason) == (FAULT, "capture stalled: no samples for over 0.5 s")
+        assert all(math.isnan(g) for g in gauges())
+        assert drv.levels()["state"] == "no_input" and drv.levels()["rms_dbfs"] is None
+        assert drv.status().state == FAULT
+        mark = len(seen.items)
+
+        os.write(writer, half_second)
+        assert seen.wait(lambda e: isinstance(e, DeviceStateChanged), after=mark).state == OK
+        back = seen.wait(lambda e: isinstance(e, AudioStateChanged), after=mark)
+        assert (back.state, back.previous) == ("signal", "no_input")
+        seen.wait(lambda e: isinstance(e, AudioLevels), after=mark)
+        assert gauges()[0] == pytest.approx(-23.01, abs=0.1)
+        assert drv.status().state == OK
+    finally:
+        os.close(writer)  # end of file: the blocked read returns, so stop() can join
+        agent.devices.stop()
+        agent.spool.close()
