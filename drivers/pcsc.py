@@ -5,7 +5,15 @@ The monitor talks to pcscd with pyscard's raw ``smartcard.scard`` layer, not
 error codes that tell a lost pcscd from a lost reader. One thread blocks in
 ``SCardGetStatusChange`` on the chosen reader plus the PnP pseudo-reader (so
 hot-plug wakes it) and, on any error of the context itself, drops it and
-establishes a new one: pcscd restarts and unplugged readers heal without help.
+establishes a new one, every ``poll_interval_s``: pcscd restarts and unplugged
+readers heal without help. An outage is logged when it starts and when it ends
+(with the number of failed attempts), never once per attempt, so a pcscd that
+accepts contexts but fails every call cannot flood the log or spin the CPU.
+
+A reader can go two ways. A USB reader leaves pcscd's list (its state turns
+UNKNOWN and the list is read again); a serial reader whose cable is pulled stays
+listed but stops answering, and pcscd marks it UNAVAILABLE until it answers
+again. Both are reported ABSENT and the card on it as removed.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ GET_UID = [0xFF, 0xCA, 0x00, 0x00, 0x00]  # PC/SC part 3 GET DATA: the card's UI
 PNP_READER = "\\\\?PnP?\\Notification"     # pcsc-lite's pseudo-reader for reader hot-plug
 SW_OK = (0x90, 0x00)
 PCSCD_AWAY = "pcscd unavailable"  # one reason for every way of losing it, so no event flicker
+READER_MUTE = "reader not responding"  # listed by pcscd but unreachable (serial cable pulled)
 # A PC/SC-part-3 contactless storage card ATR, for the simulated backend.
 SIM_ATR = "3B8F8001804F0CA000000306030001000000006A"
 
@@ -84,6 +93,8 @@ class PcscReader(Driver):
         self._card: _Card | None = None
         self._cards_read = 0
         self._errors = 0
+        self._pcscd_failures = 0  # failed attempts at a working context since pcscd last answered
+        self._last_fault = ""     # the monitor error last logged with its traceback
 
     def _opt(self, key: str) -> Any:
         return self.config.get(key, self.options[key].default)
@@ -129,15 +140,13 @@ class PcscReader(Driver):
     # -- monitor thread ------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Every way out of one context waits ``retry_s`` on the stop event before the next."""
         scard = self._scard
         retry_s = float(self._opt("poll_interval_s"))
         while not self._stopping.is_set():
             hr, context = scard.SCardEstablishContext(scard.SCARD_SCOPE_USER)
             if hr != scard.SCARD_S_SUCCESS:
-                if self._reason != PCSCD_AWAY:
-                    log.warning("%s: no pcscd context: %s; retrying every %s s", self.name,
-                                scard.SCardGetErrorMessage(hr), retry_s)
-                self._set_state(ABSENT, PCSCD_AWAY)
+                self._pcscd_failed(f"no pcscd context: {scard.SCardGetErrorMessage(hr)}", retry_s)
                 self._stopping.wait(retry_s)
                 continue
             with self._lock:
@@ -148,14 +157,9 @@ class PcscReader(Driver):
             try:
                 self._watch(context)
             except _ContextLost as exc:
-                log.warning("%s: lost pcscd (%s); reconnecting", self.name, exc)
-                self._set_state(ABSENT, PCSCD_AWAY)
+                self._pcscd_failed(f"lost pcscd ({exc})", retry_s)
             except Exception as exc:  # a bug here must not end card reading for the exam
-                log.exception("%s: PC/SC monitor failed; restarting it", self.name)
-                with self._lock:
-                    self._errors += 1
-                self._set_state(FAULT, f"{type(exc).__name__}: {exc}")
-                self._stopping.wait(retry_s)
+                self._monitor_failed(exc)
             finally:
                 with self._lock:
                     self._context = None
@@ -166,6 +170,36 @@ class PcscReader(Driver):
                     self._forget_card()
                 with self._lock:
                     self._reader_name = None
+            self._stopping.wait(retry_s)  # a context that fails at once must not spin
+
+    def _pcscd_failed(self, what: str, retry_s: float) -> None:
+        """Counts a failed attempt; only the first of an outage is logged."""
+        with self._lock:
+            self._pcscd_failures += 1
+            first = self._pcscd_failures == 1
+        if first:
+            log.warning("%s: %s; retrying every %s s (repeats are counted, not logged)",
+                        self.name, what, retry_s)
+        self._set_state(ABSENT, PCSCD_AWAY)
+
+    def _pcscd_answered(self) -> None:
+        """pcscd answered a call on this context: the outage, if any, is over."""
+        with self._lock:
+            failures, self._pcscd_failures = self._pcscd_failures, 0
+        if failures:
+            log.info("%s: pcscd answers again after %d failed attempt(s)", self.name, failures)
+
+    def _monitor_failed(self, exc: Exception) -> None:
+        """A bug in the monitor: counted every time; a traceback only for an error not seen last."""
+        reason = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self._errors += 1
+            repeat, self._last_fault = reason == self._last_fault, reason
+        if repeat:
+            log.debug("%s: PC/SC monitor failed again: %s", self.name, reason)
+        else:
+            log.exception("%s: PC/SC monitor failed; restarting it", self.name)
+        self._set_state(FAULT, reason)
 
     def _watch(self, context: int) -> None:
         """Follows the chosen reader (re-chosen on hot-plug) until stop; raises _ContextLost."""
@@ -190,9 +224,13 @@ class PcscReader(Driver):
             for reader, event, atr in result:
                 if reader == PNP_READER:
                     rescan = rescan or bool(event & scard.SCARD_STATE_CHANGED)
-                elif event & (scard.SCARD_STATE_UNKNOWN | scard.SCARD_STATE_UNAVAILABLE):
-                    rescan = True
+                elif event & scard.SCARD_STATE_UNKNOWN:
+                    rescan = True  # pcscd no longer knows it (USB unplug): list the readers again
+                elif event & scard.SCARD_STATE_UNAVAILABLE:
+                    self._forget_card()  # still listed, not answering: wait for it to change
+                    self._set_state(ABSENT, READER_MUTE)
                 else:
+                    self._set_state(OK, "")
                     self._on_reader_state(context, reader, event, bytes(atr))
 
     def _choose_reader(self, context: int,
@@ -204,6 +242,7 @@ class PcscReader(Driver):
             readers = []
         elif hr != scard.SCARD_S_SUCCESS:
             raise _ContextLost(scard.SCardGetErrorMessage(hr))
+        self._pcscd_answered()
         wanted = self._opt("reader")
         name = next((r for r in readers if wanted in r), None)
         with self._lock:
@@ -214,7 +253,6 @@ class PcscReader(Driver):
         if name is None:
             self._set_state(ABSENT, f"no reader matching {wanted!r}" if wanted else "no reader")
             return [(PNP_READER, pnp_state)]
-        self._set_state(OK, "")
         known = next((s for r, s in states if r == name), scard.SCARD_STATE_UNAWARE)
         return [(PNP_READER, pnp_state), (name, known)]
 

@@ -11,6 +11,7 @@ DEBS=(
   openssl                              # TLS checks in the config and the PKI tests
   mosquitto mosquitto-clients          # the broker (tests and demo start private instances)
   pcscd vsmartcard-vpcd libpcsclite-dev # PC/SC stack + virtual reader; headers for pyscard
+  libccid                              # CCID reader drivers (vpcd alone satisfies pcscd's dependency)
   libasound2-dev alsa-utils            # ALSA capture (pyalsaaudio builds against it)
   sox espeak-ng                        # test signals for the audio monitor
   chrony                               # time sync the clock driver reads (replaces systemd-timesyncd)
