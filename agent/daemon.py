@@ -39,7 +39,8 @@ class Agent:
         self.clock = clock
         self.metrics = Metrics()
         self.bus = Bus()
-        self.spool = Spool(config.spool["path"], config.spool["max_bytes"], config.spool["sync"])
+        self.spool = Spool(config.spool["path"], config.spool["max_bytes"], config.spool["sync"],
+                           on_drop=lambda kind: self.metrics.dropped.labels(kind=kind).inc())
         self.devices = Devices(config.devices, self.bus, self.metrics, clock)
         self.room = Room(self)
         self.commands = Commands(self)
@@ -60,11 +61,9 @@ class Agent:
         """Commit an event to the spool, then let the uplink send it. Thread-safe: the
         spool's lock orders concurrent events; seq is their order."""
         ev = self.spool.append(kind, data, self.uplink.session, self.uplink.connected, now=self.clock())
-        if ev is None:
-            self.metrics.dropped.labels(kind=kind).inc()
-        else:
+        if ev is not None:  # None: telemetry refused by a full spool, counted by on_drop
             self.metrics.spooled.labels(kind=kind).inc()
-        self.uplink.notify()
+            self.uplink.offer(ev)
         return ev
 
     # -- payloads -----------------------------------------------------------

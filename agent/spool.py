@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -22,9 +23,11 @@ import uuid
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from agent.events import Event, is_evidence, iso_now
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -44,20 +47,28 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+_INSERT = ("INSERT INTO events (id, ts, created, kind, session, live, evidence, size, data)"
+           " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
 class SpoolClosed(RuntimeError):
     pass
 
 
 class Spool:
     def __init__(self, path: str | Path, max_bytes: int = 64 * 1024 * 1024,
-                 sync: str = "full") -> None:
+                 sync: str = "full", on_drop: Callable[[str], None] | None = None) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.sync = sync
+        self.on_drop = on_drop  # told the kind of every event dropped or refused (metrics)
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._bytes = 0
         self._count = 0
+        self.last_seq = 0  # the newest committed seq: a reader at it has nothing to read
         self.dropped: Counter[str] = Counter()
         self.overfull = False
 
@@ -79,13 +90,19 @@ class Spool:
         self._bytes, self._count = db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events").fetchone()
         self.overfull = self._bytes > self.max_bytes  # still true after a restart
+        self.last_seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         self._db = db
+        # Reads go through their own connection: in WAL mode a reader sees every committed
+        # event without waiting for the writer, so the sender never queues behind an
+        # append's fsync (that wait halved throughput).
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        with self._lock, self._read_lock:
+            for db in (self._db, self._reader):
+                if db is not None:
+                    db.close()
+            self._db = self._reader = None
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -134,33 +151,47 @@ class Spool:
         created = time.time() if now is None else now
         body = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         evidence = is_evidence(kind)
-        size = len(body) + len(kind) + 120  # envelope overhead, roughly
+        size = len(body.encode()) + len(kind) + 120  # bytes (Chinese text is 3 a character) + envelope
         eid = str(uuid.uuid4())
         ts = iso_now(created)
+        row = (eid, ts, created, kind, session, int(live), int(evidence), size, body)
         with self._lock:
-            with self._transaction() as db:
-                gone: list[tuple[int, str, int]] = []
-                if self._bytes + size > self.max_bytes:
+            gone: list[tuple[int, str, int]] = []
+            refused = False
+            if self._bytes + size <= self.max_bytes:
+                # room enough: one statement is its own transaction, with the same fsync;
+                # BEGIN/COMMIT around it cost as much again in Python and SQLite
+                cur = self._conn().execute(_INSERT, row)
+                after = self._bytes + size
+            else:
+                with self._transaction() as db:
                     gone = self._drop_telemetry(db, self._bytes + size - self.max_bytes)
-                after = self._bytes - sum(g[2] for g in gone) + size
-                refused = after > self.max_bytes and not evidence
-                if not refused:
-                    cur = db.execute(
-                        "INSERT INTO events (id, ts, created, kind, session, live, evidence, size, data)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (eid, ts, created, kind, session, int(live), int(evidence), size, body))
+                    after = self._bytes - sum(g[2] for g in gone) + size
+                    refused = after > self.max_bytes and not evidence
+                    if not refused:
+                        cur = db.execute(_INSERT, row)
             # counters change only once the transaction is committed
             for _, gone_kind, gone_size in gone:
-                self.dropped[gone_kind] += 1
+                self._dropped(gone_kind)
                 self._bytes -= gone_size
                 self._count -= 1
             if refused:
-                self.dropped[kind] += 1
+                self._dropped(kind)
                 return None
-            self.overfull = self.overfull or after > self.max_bytes
+            if after > self.max_bytes and not self.overfull:
+                log.error("spool %s is full of undelivered evidence (%d bytes > max_bytes %d): "
+                          "evidence is kept beyond the bound; restore the network or free space",
+                          self.path, after, self.max_bytes)
+                self.overfull = True
             self._bytes += size
             self._count += 1
+            self.last_seq = cur.lastrowid
         return Event(cur.lastrowid, eid, ts, kind, session, body, live, size)
+
+    def _dropped(self, kind: str) -> None:
+        self.dropped[kind] += 1
+        if self.on_drop is not None:
+            self.on_drop(kind)
 
     @staticmethod
     def _drop_telemetry(db: sqlite3.Connection, need: int) -> list[tuple[int, str, int]]:
@@ -176,9 +207,14 @@ class Spool:
         db.executemany("DELETE FROM events WHERE seq=?", ((g[0],) for g in gone))
         return gone
 
+    def _read(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise SpoolClosed("spool is not open")
+        return self._reader
+
     def read_batch(self, after_seq: int = 0, limit: int = 100) -> list[Event]:
-        with self._lock:
-            rows = self._conn().execute(
+        with self._read_lock:
+            rows = self._read().execute(
                 "SELECT seq, id, ts, kind, session, data, live, size FROM events"
                 " WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
         return [Event(s, i, t, k, se, d, bool(lv), sz)
@@ -213,10 +249,16 @@ class Spool:
                 self.overfull = False
         return n
 
+    @property
+    def pending(self) -> int:
+        """Events not yet acknowledged, from the counter: no query."""
+        return self._count
+
     def depth(self) -> dict[str, Any]:
-        with self._lock:
-            oldest = self._conn().execute(
+        with self._read_lock:
+            oldest = self._read().execute(
                 "SELECT created FROM events ORDER BY seq LIMIT 1").fetchone()
+        with self._lock:
             count, size = self._count, self._bytes
         return {"events": count, "bytes": size,
                 "oldest_age_s": round(time.time() - oldest[0], 3) if oldest else 0.0,

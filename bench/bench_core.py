@@ -23,6 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import parse  # noqa: E402
+from agent.control import AgentNotRunning, call  # noqa: E402
 from agent.localbroker import Broker  # noqa: E402
 from agent.metrics import Metrics  # noqa: E402
 from agent.spool import Spool  # noqa: E402
@@ -75,14 +76,13 @@ def make_uplink(tmp: Path, port: int, sync: str) -> tuple[Spool, Uplink]:
 
 
 def wait_connected(up: Uplink) -> None:
-    deadline = time.monotonic() + 10
-    while not up.connected and time.monotonic() < deadline:
-        time.sleep(0.01)
+    if not up.wait_connected(10):
+        raise RuntimeError("the uplink did not connect to the benchmark broker in 10 s")
 
 
 def emit(spool: Spool, up: Uplink, i: int) -> None:
-    spool.append("note", {"text": f"bench {i}"}, up.session, up.connected)
-    up.notify()
+    ev = spool.append("note", {"text": f"bench {i}"}, up.session, up.connected)
+    up.offer(ev)
 
 
 def throughput_agent(tmp: Path, port: int, n: int, sync: str) -> float:
@@ -158,6 +158,20 @@ def drain(tmp: Path, n: int) -> float:
     return dt
 
 
+def wait_ready(sock: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the idle agent exited with {proc.returncode}")
+        try:
+            if call(str(sock), "status", timeout=2)["broker"]["connected"]:
+                return
+        except AgentNotRunning:
+            pass
+        time.sleep(0.05)  # polling a process we do not own: nothing to wait on
+    raise RuntimeError("the idle agent did not connect in time")
+
+
 def idle(tmp: Path, port: int, seconds: float, config_extra: str = "") -> tuple[float, float]:
     cfg = tmp / f"idle-{time.time_ns()}.toml"
     cfg.write_text(f'schema_version = 1\n[site]\nid="s"\n[room]\nid="idle"\n[mqtt]\nport={port}\n'
@@ -165,7 +179,7 @@ def idle(tmp: Path, port: int, seconds: float, config_extra: str = "") -> tuple[
                    f'[metrics]\nlisten=""\n[heartbeat]\ninterval_s=10\n{config_extra}')
     proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(3)  # let start-up finish before measuring "idle"
+    wait_ready(tmp / "idle.sock", proc)  # start-up is not idle: measure from a connected agent
     tick = os.sysconf("SC_CLK_TCK")
 
     def cpu() -> float:

@@ -39,7 +39,7 @@ def spool(spool_path: Path):
 
 def size_of(kind: str, data: dict) -> int:
     """The spool's own size accounting for one event (body + kind + envelope)."""
-    return len(json.dumps(data, ensure_ascii=False, separators=(",", ":"))) + len(kind) + 120
+    return len(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()) + len(kind) + 120
 
 
 # -- order, batches, ack --------------------------------------------------------------
@@ -205,6 +205,38 @@ def test_evidence_evicts_telemetry_then_overflows_never_dropped(spool_path: Path
         assert [e.seq for e in s.read_batch()] == notes
         # nothing evidence-like is ever counted as dropped
         assert set(s.depth()["dropped"]) == {"device"}
+    finally:
+        s.close()
+
+
+def test_drops_and_refusals_reach_on_drop_and_overfull_is_logged(spool_path: Path, caplog) -> None:
+    """The metric of dropped events is fed from here: evictions count as much as refusals."""
+    tele = size_of("device", {"i": 0})
+    told: list[str] = []
+    s = Spool(spool_path, max_bytes=tele * 2, on_drop=told.append)
+    s.open()
+    try:
+        for i in range(3):
+            s.append("device", {"i": i}, 1, True)  # the third evicts the first
+        assert told == ["device"]
+        with caplog.at_level("ERROR", logger="agent.spool"):
+            for i in range(3):
+                s.append("note", {"i": i}, 1, True)  # evidence: evicts the rest, then overflows
+            assert s.append("device", {"i": 9}, 1, True) is None  # refused
+        assert told == ["device"] * 4
+        assert [r.message for r in caplog.records if "full of undelivered evidence" in r.message][:1]
+        assert len([r for r in caplog.records if "full of undelivered" in r.message]) == 1  # once
+    finally:
+        s.close()
+
+
+def test_bound_counts_bytes_not_characters(spool_path: Path) -> None:
+    """A note in Chinese is three bytes a character on disk and on the wire."""
+    s = opened(spool_path)
+    try:
+        ascii_ev = s.append("note", {"text": "a" * 30}, 1, True)
+        han_ev = s.append("note", {"text": "钟" * 30}, 1, True)
+        assert han_ev.size - ascii_ev.size == 60
     finally:
         s.close()
 
