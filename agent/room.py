@@ -21,12 +21,11 @@ from agent.events import iso_now
 from agent.monitors import AudioWatch, CameraWatch, ClockWatch
 from agent.schedule import Schedule
 from agent.seatplan import load_seatplan
-from drivers.audio_levels import NO_INPUT
 from drivers.base import OK
 from drivers.gb11643 import mask_ids_in_text
-from drivers.events import (AudioLevels, AudioSourceSwitched, AudioStateChanged, CameraHealth,
-                            CardPresented, ClockState, DeviceStateChanged, MetalAlarm, ReaderGarbage,
-                            SweepButton)
+from drivers.events import (NO_INPUT, AudioLevels, AudioSourceSwitched, AudioStateChanged,
+                            CameraHealth, CardPresented, ClockState, DeviceStateChanged, MetalAlarm,
+                            ReaderGarbage, SweepButton)
 
 if TYPE_CHECKING:
     from agent.daemon import Agent

@@ -14,10 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-SIGNAL = "signal"
-SILENCE = "silence"
-CLIPPING = "clipping"
-NO_INPUT = "no_input"
+from drivers.events import CLIPPING, NO_INPUT, SIGNAL, SILENCE  # noqa: F401 (re-exported)
 
 DB_FLOOR = -120.0  # digital silence has no logarithm; JSON has no -inf
 

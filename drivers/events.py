@@ -87,6 +87,14 @@ class DetectorArmed(DeviceEvent):
     armed: bool
 
 
+# Audio feed states, here rather than beside the level maths so the agent can name them
+# without importing numpy (10 MB of an idle agent's 45 MB budget).
+SIGNAL = "signal"
+SILENCE = "silence"
+CLIPPING = "clipping"
+NO_INPUT = "no_input"
+
+
 @dataclass(frozen=True)
 class AudioLevels(DeviceEvent):
     """One measured block of the broadcast feed."""
