@@ -2,13 +2,19 @@
 
 Every decision is published through ``emit`` as evidence; published data never
 holds a candidate's name or full ID number (only ``id_masked``), and free text a
-proctor types is scrubbed of both.
+proctor types (a suspect's reason, the proctor's own signature) is scrubbed of
+every full ID number and of every name in the seat plan, not only the
+candidate's: a proctor types what is in front of them, often the neighbour's
+card too.
 
 Sweep association rule: candidates are swept in the order they were admitted
 at the door. Each admission (including a re-entry) opens a pending sweep at the
 back of a FIFO queue; a metal alarm, a "recheck" and a "clear" always apply to
 the sweep at the head of the queue, and "clear" closes it. With nothing pending,
-the press or alarm is still published, as ``sweep`` with ``unassociated: true``.
+the press or alarm is still published, as ``sweep`` with ``unassociated: true``,
+and kept on the record of the session whose entry is open or exam running (a
+proctor testing the detector as entry opens is on that session's record), or
+on none, with ``session: null``, outside every session.
 
 Re-entry: a candidate who left (``leave``) is admitted again by card or by
 hand, even after the late cutoff (they are not late), and must be swept again.
@@ -33,7 +39,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from agent import session_record as rec
 from agent.events import Event
@@ -83,6 +89,8 @@ class CheckinStation:
         self._alarm_active: dict[str, bool] = {}
         self._started_at: float | None = None
         self.journal_skipped = 0
+        # longest first, so a name that contains another is blanked whole
+        self._names = sorted({c.name for c in seatplan.candidates if c.name}, key=len, reverse=True)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -136,6 +144,18 @@ class CheckinStation:
         now = self._clock()
         session, phase = self._schedule.phase(now)
         return now, session, phase
+
+    def _open_at(self, t: float) -> Session | None:
+        """The session whose entry has opened and which has not ended at ``t``; None between sessions."""
+        session, phase = self._schedule.phase(t)
+        return session if session is not None and phase not in (Phase.BEFORE_ENTRY, Phase.ENDED) else None
+
+    def scrub(self, text: str) -> str:
+        """Free text leaving the box: full ID numbers masked, every seat-plan name blanked."""
+        out = mask_ids_in_text(str(text or ""))
+        for name in self._names:
+            out = out.replace(name, "***")
+        return out
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -243,9 +263,8 @@ class CheckinStation:
             raise AmbiguousCandidate(f"{what} {id_last6 or ticket_tail}", [c.seat for c in found])
         return found[0]
 
-    @staticmethod
-    def _proctor(proctor: str) -> str:
-        p = (proctor or "").strip()
+    def _proctor(self, proctor: str) -> str:
+        p = self.scrub((proctor or "").strip())
         if not p:
             raise CheckinError("proctor: expected who is doing this (it is signed on the record)")
         return p
@@ -279,7 +298,7 @@ class CheckinStation:
             if status == "absent" and phase == Phase.CUTOFF_PASSED:
                 raise CheckinError(f"seat {cand.seat}: the late cutoff has passed")
             return self._checkin("suspect", session, now, "manual", "manual", cand, proctor=who,
-                                 reason=self._scrub(reason, cand))
+                                 reason=self.scrub(reason))
 
     def confirm(self, seat: Any, proctor: str) -> dict[str, Any]:
         """One proctor's signature; the second, from another proctor, admits the candidate."""
@@ -320,11 +339,6 @@ class CheckinStation:
                 self._close_sweep(session, pending, now, "manual", "left_before_clear")
             return self._checkin("left", session, now, "manual", "manual", cand)
 
-    @staticmethod
-    def _scrub(text: str, cand: Candidate) -> str:
-        out = mask_ids_in_text(str(text or ""))
-        return out.replace(cand.name, "***") if cand.name else out
-
     # -- sweeps -----------------------------------------------------------------------------
 
     def _head(self, now: float) -> tuple[Session | None, rec.PendingSweep | None]:
@@ -334,10 +348,14 @@ class CheckinStation:
         pending = self._states[session.id].pending
         return session, (pending[0] if pending else None)
 
-    def _unassociated(self, session: Session | None, trigger: str, device: str, now: float) -> dict[str, Any]:
+    def _unassociated(self, trigger: str, device: str, now: float) -> dict[str, Any]:
+        """Published always; ``session`` names the record that keeps it (None: outside every session)."""
+        session = self._open_at(now)
+        if session is not None:
+            self._state(session)
         data = {"session": session.id if session else None, "seat": None, "unassociated": True,
                 "trigger": trigger, "device": device, "time": now}
-        self._publish(session.id if session and session.id in self._states else None, "sweep", data)
+        self._publish(session.id if session else None, "sweep", data)
         return data
 
     def _close_sweep(self, session: Session, p: rec.PendingSweep, now: float, device: str,
@@ -365,7 +383,7 @@ class CheckinStation:
             now = self._clock()
             session, head = self._head(now)
             if session is None or head is None:
-                return self._unassociated(session, "alarm", ev.device, now)
+                return self._unassociated("alarm", ev.device, now)
             self._commit(session.id, "_alarm", {"seat": head.seat, "time": now, "device": ev.device})
             return None
 
@@ -376,7 +394,7 @@ class CheckinStation:
             now = self._clock()
             session, head = self._head(now)
             if session is None or head is None:
-                return self._unassociated(session, ev.button, ev.device, now)
+                return self._unassociated(ev.button, ev.device, now)
             if ev.button == "recheck":
                 self._commit(session.id, "_recheck", {"seat": head.seat, "time": now, "device": ev.device})
                 return None
@@ -384,15 +402,25 @@ class CheckinStation:
 
     # -- cutoff, end, status ----------------------------------------------------------------
 
-    def add_incident(self, incident: dict[str, Any]) -> str | None:
-        """Note an incident on the room record; returns the session it went to, None if no record is open."""
+    def add_incident(self, incident: dict[str, Any], *, during: Iterable[float] | None = None) -> str | None:
+        """Note an incident on a session's record; returns that session's id, None when no record took it.
+
+        Without ``during``: the session the incident names, else the one the room is in or
+        waiting for (a trial listening before entry belongs to the session it prepares).
+        With ``during`` (instants): only a session open (entry opened, not ended) at one of
+        them takes it, so a clock step between sessions never lands on the next day's record.
+        A session whose record is written takes nothing more.
+        """
         with self._lock:
             now = self._clock()
             try:
                 data = json.loads(json.dumps({**incident, "recorded_at": now}, ensure_ascii=False))
             except (TypeError, ValueError) as e:
                 raise CheckinError(f"incident: expected JSON-serialisable fields ({e})") from e
-            session = self._schedule.get(str(incident.get("session", ""))) or self._schedule.phase(now)[0]
+            if during is not None:
+                session = next((s for t in during if (s := self._open_at(t)) is not None), None)
+            else:
+                session = self._schedule.get(str(incident.get("session", ""))) or self._schedule.phase(now)[0]
             if session is None or self._state(session).record_written:
                 return None
             self._commit(session.id, "_incident", data)
@@ -421,7 +449,7 @@ class CheckinStation:
                         "session": s.id, "room": self._plan.room, "subject": s.subject,
                         "start": s.start, "end": s.end, "time": now,
                         "seatplan_sha256": self._plan.sha256, "files": files,
-                        **rec.summary(state, s, self._plan)})
+                        **rec.published(state, s, self._plan, self.scrub)})
 
     def state(self) -> dict[str, Any]:
         with self._lock:

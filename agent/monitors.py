@@ -108,16 +108,30 @@ class CameraWatch:
 
 
 class ClockWatch:
-    """A step of the wall clock during a session goes on the session record: times in the
-    record before and after it are not comparable without knowing it happened."""
+    """A step of the wall clock during a session goes on that session's record: times in the
+    record before and after it are not comparable without knowing it happened.
 
-    def __init__(self, emit: Emit, record: Callable[[dict[str, Any]], Any] | None = None) -> None:
+    "During" means the room clock read a time between the session's entry opening and its
+    end just before or just after the step (``record``'s ``during``); a step between
+    sessions is only the ``clock`` event, never a note on the next session's record.
+    """
+
+    def __init__(self, emit: Emit, clock: Callable[[], float],
+                 record: Callable[..., str | None] | None = None) -> None:
         self.emit = emit
+        self.clock = clock
         self.record = record
 
     def on_clock(self, ev: ClockState) -> None:
         data = {"device": ev.device, "synced": ev.synced, "offset_s": ev.offset_s,
                 "source": ev.source, "stepped_s": ev.stepped_s}
         self.emit("clock", data)
-        if ev.stepped_s is not None and self.record is not None:
-            self.record({"type": "clock_step", "time": iso_now(ev.ts), **data})
+        if ev.stepped_s is None or self.record is None:
+            return
+        now = self.clock()
+        session = self.record({"type": "clock_step", "time": iso_now(ev.ts), **data},
+                              during=(now, now - ev.stepped_s))
+        if session is None:
+            log.info("clock stepped %+.3f s outside any exam session: on no session record", ev.stepped_s)
+        else:
+            log.warning("clock stepped %+.3f s during session %s: noted on its record", ev.stepped_s, session)

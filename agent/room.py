@@ -49,7 +49,6 @@ class Room:
         self.agent = agent
         self.station: CheckinStation | None = None
         self.audio: AudioWatch | None = None
-        self._names: list[str] = []
         self._cameras: list[str] = []  # configured camera names, known before the drivers exist
         # check-in photos are taken here, one at a time and in order, so the door never waits
         # for capture + JPEG + fsync; a second worker would only race the first for the camera
@@ -63,7 +62,6 @@ class Room:
         self._cameras = [dc.name for dc in cfg.devices if dc.kind == "camera"]
         if cfg.checkin["seatplan"]:
             plan = load_seatplan(cfg.checkin["seatplan"], cfg.room["id"])
-            self._names = sorted({c.name for c in plan.candidates if c.name}, key=len, reverse=True)
             if schedule is None:  # seat plans travel before the day's timetable: every card is "outside_window"
                 log.warning("seat plan loaded but no [[exam]] session configured: check-in stays closed")
             self.station = CheckinStation(plan, schedule or Schedule(()), a.emit, a.clock, cfg.checkin["record_dir"],
@@ -83,7 +81,8 @@ class Room:
         a.bus.subscribe(AudioLevels, self._on_levels)
         a.bus.subscribe(AudioStateChanged, self._on_audio_state_metric)
         a.bus.subscribe(CameraHealth, CameraWatch(a.emit).on_health)
-        a.bus.subscribe(ClockState, ClockWatch(a.emit, self.station.add_incident if self.station else None).on_clock)
+        a.bus.subscribe(ClockState, ClockWatch(a.emit, a.clock,
+                                               self.station.add_incident if self.station else None).on_clock)
         a.bus.subscribe(ClockState, self._on_clock_metric)
         a.bus.subscribe(DeviceStateChanged, self._on_device)
         a.bus.subscribe(ReaderGarbage, self._on_garbage)
@@ -121,11 +120,9 @@ class Room:
 
     def scrub(self, text: str) -> str:
         """Free text leaving the box (a note) never carries a full ID number or a candidate's
-        name: a proctor types what is in front of them."""
-        out = mask_ids_in_text(text)
-        for name in self._names:
-            out = out.replace(name, "***")
-        return out
+        name: a proctor types what is in front of them. The station scrubs its own free text
+        (suspect reasons, proctors) the same way, with the same seat plan."""
+        return self.station.scrub(text) if self.station is not None else mask_ids_in_text(text)
 
     def exam_state(self) -> dict[str, Any]:
         return self.station.state() if self.station is not None else {}
@@ -250,7 +247,25 @@ class Room:
         path = record_dir / f"trial-listening-{self.agent.config.room['id']}-{stamp}.json"
         path.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
         self.agent.emit("trial_listening", {**report, "file": path.name})
-        if self.station is not None:
-            self.station.add_incident({"type": "trial_listening", "pass": report.get("pass"),
-                                       "file": path.name})
-        return {**report, "file": str(path)}
+        if self.station is None:
+            session, note = None, "check-in is not configured (no [checkin] seatplan): there is no session record"
+        else:
+            session = self.station.add_incident(trial_summary(report, path.name))
+            note = (f"kept with the record of session {session}" if session is not None else
+                    "no session record is open (none scheduled, or the last one's record is already written)")
+        if session is None:
+            log.warning("trial listening %s is on no session record: %s", path.name, note)
+        return {**report, "file": str(path), "recorded_on": session, "record": note}
+
+
+def trial_summary(report: dict[str, Any], file: str) -> dict[str, Any]:
+    """What the session record keeps of a trial listening: enough to show the room passed,
+    with the report file's name for the full detail."""
+    silences = report.get("silences") or []
+    return {"type": "trial_listening", "start": report.get("start"), "end": report.get("end"),
+            "duration_s": report.get("measured_s"), "device": report.get("device"),
+            "source": report.get("source"), "mean_dbfs": report.get("mean_dbfs"),
+            "peak_dbfs": report.get("peak_dbfs"), "silences": len(silences),
+            "silent_s": round(sum(x.get("duration_s", 0) for x in silences), 3),
+            "clipping_s": (report.get("clipping") or {}).get("seconds"),
+            "problems": report.get("problems", []), "pass": report.get("pass"), "file": file}

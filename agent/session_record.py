@@ -6,7 +6,11 @@ remembered. Kinds starting with "_" are journal-only (alarm counts, incidents,
 observation start); the others are the published events themselves.
 
 The record files are for the room record card (考场记事卡): the proctor prints
-them, so they carry names, but ID numbers stay masked even there.
+them, so they carry names, but ID numbers stay masked even there. The published
+record (``published``) has the same rows without names: the site sees who sat
+where, when and how each was checked and swept, and every incident, from the
+event alone; what is in it is built field by field, so nothing typed into a
+free-form incident rides along.
 """
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agent.schedule import Session
 from agent.seatplan import SeatPlan
@@ -167,6 +172,87 @@ def summary(state: SessionState, session: Session, plan: SeatPlan) -> dict[str, 
                    "not_cleared": sum(1 for s in closed if s["result"] in ("not_cleared", "left_before_clear")),
                    "unassociated": sum(1 for s in state.sweeps if s.get("unassociated"))},
         "incidents": len(state.incidents), "complete": att["complete"],
+    }
+
+
+def _epoch(v: Any) -> float | None:
+    """Epoch seconds from a number or an ISO 8601 string (incidents carry either)."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return datetime.fromisoformat(v).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+# what an incident may show beyond its times; type-specific, absent when not given
+INCIDENT_FIELDS = ("device", "cause", "stepped_s", "synced", "offset_s", "source", "pass", "problems",
+                   "mean_dbfs", "peak_dbfs", "silences", "silent_s", "clipping_s", "file")
+
+
+def _public_incident(inc: dict[str, Any], scrub: Callable[[str], str]) -> dict[str, Any]:
+    """type, start, end, duration_s; an incident given with only a time and no duration (a
+    clock step) is an instant: end = start, 0 s."""
+    start = _epoch(inc.get("start", inc.get("time", inc["recorded_at"])))
+    duration = inc.get("duration_s", inc.get("measured_s"))
+    if not isinstance(duration, (int, float)) or isinstance(duration, bool):
+        duration = None
+    if "end" in inc:
+        end = _epoch(inc["end"])
+    else:
+        end = None if start is None else round(start + (duration or 0.0), 3)
+    if duration is None and start is not None and end is not None:
+        duration = round(end - start, 3)
+    out: dict[str, Any] = {"type": scrub(str(inc.get("type", "unknown"))), "start": start, "end": end,
+                           "duration_s": duration, "recorded_at": inc["recorded_at"]}
+    for k in INCIDENT_FIELDS:
+        v = inc.get(k)
+        if isinstance(v, str):
+            out[k] = scrub(v)
+        elif isinstance(v, (bool, int, float)) or (isinstance(v, list) and all(isinstance(x, str) for x in v)):
+            out[k] = [scrub(x) for x in v] if isinstance(v, list) else v
+    return out
+
+
+def _public_seats(state: SessionState, plan: SeatPlan) -> list[dict[str, Any]]:
+    """One row per seat as the printed card has it, minus the name (id_masked identifies)."""
+    rows = []
+    for seat in plan.seats():
+        c = plan.by_seat(seat)
+        assert c is not None
+        mine = [e for e in state.checkins if e.get("seat") == seat]
+        admitted = [e for e in mine if e["verdict"] == "admitted"]
+        sweeps = [s for s in state.sweeps if s.get("seat") == seat and not s.get("unassociated")]
+        status = state.seat(seat).status
+        rows.append({
+            "seat": seat, "ticket": c.ticket, "id_masked": c.id_masked,
+            "status": "absent" if status == "absent" else "suspect" if status == "suspect" else "present",
+            "admitted_at": admitted[0]["time"] if admitted else None,
+            "method": admitted[0]["method"] if admitted else None,
+            "checkins": [{"verdict": e["verdict"], "time": e["time"], "method": e["method"]} for e in mine],
+            "reentries": sum(1 for e in admitted if e.get("reentry")),
+            "sweeps": [{k: s[k] for k in ("result", "alarms", "rechecks", "started", "cleared",
+                                          "medical_metal_exempt")} for s in sweeps],
+            "rechecks": sum(s["rechecks"] for s in sweeps),
+            "suspect_confirmed_by": [f["proctor"] for f in state.confirms if f["seat"] == seat],
+        })
+    return rows
+
+
+def published(state: SessionState, session: Session, plan: SeatPlan,
+              scrub: Callable[[str], str]) -> dict[str, Any]:
+    """The ``session_record`` event's body: the summary, every seat's row, the check-ins that
+    matched no seat, the unassociated sweeps and the incident list. No names, no full IDs."""
+    return {
+        **summary(state, session, plan),
+        "seats": _public_seats(state, plan),
+        "unmatched_checkins": [{k: e.get(k) for k in ("verdict", "time", "method", "device", "id_masked")}
+                               for e in state.checkins if not e.get("seat")],
+        "unassociated_sweeps": [{k: s[k] for k in ("trigger", "device", "time")}
+                                for s in state.sweeps if s.get("unassociated")],
+        "incidents": [_public_incident(i, scrub) for i in state.incidents],
     }
 
 

@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 from agent.checkin import AmbiguousCandidate, CheckinError, CheckinStation, SameProctor, UnknownSeat
+from agent.monitors import ClockWatch
 from agent.schedule import parse_sessions
 from agent.seatplan import load_seatplan
-from drivers.events import CardPresented, Identity, MetalAlarm, SweepButton
+from drivers.events import CardPresented, ClockState, Identity, MetalAlarm, SweepButton
 from drivers.gb11643 import check_digit, mask_id
 
 
@@ -286,6 +287,43 @@ def test_unassociated_sweeps_are_published(make, emitted, clock):
         st.on_sweep_button(SweepButton("det", button="reset"))
 
 
+def read_record(tmp_path, session="math-am"):
+    """The local record files: the JSON document and the CSV rows."""
+    doc = json.loads((tmp_path / "records" / f"{session}-12.json").read_text(encoding="utf-8"))
+    with open(tmp_path / "records" / f"{session}-12.csv", encoding="utf-8-sig", newline="") as f:
+        return doc, list(csv.DictReader(f))
+
+
+def test_unassociated_sweeps_before_the_first_checkin_are_on_the_record(make, emitted, clock, tmp_path):
+    """A proctor tests the detector as entry opens, before anyone has checked in: the session
+    has no state yet, and the sweeps must still reach its record (event, JSON and CSV)."""
+    clock.t = ts("2026-06-07T08:20:00")
+    st = make()
+    early = st.on_sweep_button(SweepButton("det", button="clear"))  # before entry: on no record
+    assert (early["session"], early["unassociated"]) == (None, True)
+    clock.t = ts("2026-06-07T08:30:00")  # entry opens
+    a = st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.on_metal_alarm(MetalAlarm("det", active=False))
+    clock.t += 3
+    c = st.on_sweep_button(SweepButton("det", button="clear"))
+    assert (a["session"], a["trigger"], c["session"], c["trigger"]) == ("math-am", "alarm", "math-am", "clear")
+    st.on_card(card(1))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.tick(MATH_END)
+    (rec,) = kinds(emitted, "session_record")
+    assert rec["sweeps"]["unassociated"] == 2 and rec["sweeps"]["closed"] == 1
+    assert rec["unassociated_sweeps"] == [
+        {"trigger": "alarm", "device": "det", "time": ts("2026-06-07T08:30:00")},
+        {"trigger": "clear", "device": "det", "time": ts("2026-06-07T08:30:03")}]
+    doc, rows = read_record(tmp_path)
+    assert doc["summary"]["sweeps"]["unassociated"] == 2
+    assert [s["trigger"] for s in doc["sweeps"] if s["unassociated"]] == ["alarm", "clear"]
+    un = [r for r in rows if r["record"] == "unassociated_sweep"]
+    assert [(r["time"], r["detail"]) for r in un] == [
+        ("2026-06-07T08:30:00+08:00", "alarm on det with no candidate pending"),
+        ("2026-06-07T08:30:03+08:00", "clear on det with no candidate pending")]
+
+
 def test_manual_admission_by_seat_last6_and_ticket(make, emitted):
     st = make()
     d = st.manual_admit(seat="01", proctor="P1")
@@ -329,6 +367,19 @@ def test_suspect_needs_two_different_proctors(make, emitted):
     assert st.state()["pending_sweep"] == ["4"]
     with pytest.raises(CheckinError):
         st.confirm(4, "P3")
+
+
+def test_free_text_is_scrubbed_of_every_name_and_full_id(make, emitted):
+    """A proctor's reason names the neighbour and reads out a number: none of it leaves."""
+    st = make()
+    d = st.mark_suspect(4, "P1", f"{NAMES[4]} has the card of {NAMES[5]} ({ID[5]}), {NAMES[1]} saw it")
+    assert d["reason"] == f"*** has the card of *** ({mask_id(ID[5])}), *** saw it"
+    s = st.mark_suspect(3, f"{NAMES[2]}'s proctor {ID[2]}", "no photo match")
+    assert s["proctor"] == f"***'s proctor {mask_id(ID[2])}"  # a signature is free text too
+    assert st.manual_admit(seat=1, proctor=f"P2 for {NAMES[1]}")["proctor"] == "P2 for ***"
+    assert st.scrub(f"{NAMES[3]}{NAMES[3]} {ID[3].lower()}") == f"****** {mask_id(ID[3])}"
+    published = json.dumps([x for _, x in emitted], ensure_ascii=False)
+    assert "***" in published and not any(n in published for n in NAMES.values())
 
 
 def test_suspect_already_swept_is_not_swept_again(make):
@@ -391,17 +442,17 @@ def test_session_record_files(make, clock, emitted, tmp_path):
     st.tick(MATH_END)
     st.tick(MATH_END + 5)
     (rec,) = kinds(emitted, "session_record")
-    assert rec["present"] == 2 and rec["absent"] == ["3", "4", "5"] and rec["incidents"] == 1
+    assert rec["present"] == 2 and rec["absent"] == ["3", "4", "5"]
+    assert rec["incidents"] == [{"type": "audio_loss", "start": MATH_START + 30, "end": MATH_START + 34.5,
+                                 "duration_s": 4.5, "recorded_at": MATH_START + 60}]
     assert rec["sweeps"]["not_cleared"] == 1 and rec["sweeps"]["with_alarm"] == 1
     assert kinds(emitted, "sweep")[-1]["result"] == "not_cleared"
     assert [f["file"] for f in rec["files"]] == ["math-am-12.json", "math-am-12.csv"]
-    doc = json.loads((tmp_path / "records" / "math-am-12.json").read_text(encoding="utf-8"))
+    doc, rows = read_record(tmp_path)
     cands = {c["seat"]: c for c in doc["candidates"]}
     assert cands["1"]["name"] == NAMES[1] and cands["1"]["id_masked"] == mask_id(ID[1])
     assert cands["1"]["sweep_results"] == ["alarm_cleared_after_recheck"] and cands["4"]["status"] == "absent"
     assert doc["incidents"][0]["type"] == "audio_loss" and doc["session"]["cutoff"] == "2026-06-07T09:15:00+08:00"
-    with open(tmp_path / "records" / "math-am-12.csv", encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.DictReader(f))
     by_seat = {r["seat"]: r for r in rows if r["record"] == "candidate"}
     assert by_seat["1"]["admitted_at"] == "2026-06-07T08:40:00+08:00" and by_seat["1"]["alarms"] == "1"
     assert by_seat["2"]["medical_metal"] == "yes" and by_seat["2"]["sweep_results"] == "not_cleared"
@@ -410,6 +461,55 @@ def test_session_record_files(make, clock, emitted, tmp_path):
     for path in (tmp_path / "records").iterdir():
         assert not FULL_ID.search(path.read_text(encoding="utf-8-sig"))
     assert st.add_incident({"type": "late"}) is None  # record closed: the morning record is final
+
+
+def test_published_record_has_every_seat_without_names_or_full_ids(make, clock, emitted):
+    """The site gets the record card's rows from the event alone: who sat where, when, how
+    checked and swept, re-checks, refusals, strangers at the door; never a name or full ID."""
+    st = make()
+    t0 = clock.t
+    st.on_card(card(1))
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.on_metal_alarm(MetalAlarm("det", active=False))
+    st.on_sweep_button(SweepButton("det", button="recheck"))
+    clock.t = t0 + 20
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.on_card(card(1))  # duplicate
+    clock.t = t0 + 30
+    st.on_card(card(1, id_number=OUTSIDER))  # another room's candidate
+    st.manual_admit(seat=2, proctor="P1")
+    st.mark_suspect(3, "P1", f"photo is not {NAMES[3]}")
+    st.confirm(3, "P1")
+    clock.t = t0 + 40
+    st.confirm(3, "P2")
+    st.leave(2)  # before being swept
+    clock.t = MATH_CUTOFF + 60
+    st.on_card(card(4))  # late
+    st.tick(MATH_END)
+    (rec,) = kinds(emitted, "session_record")
+    seats = {r["seat"]: r for r in rec["seats"]}
+    assert list(seats) == ["1", "2", "3", "4", "5"]
+    assert seats["1"] == {"seat": "1", "ticket": "20260001", "id_masked": mask_id(ID[1]), "status": "present",
+                        "admitted_at": t0, "method": "card", "reentries": 0, "rechecks": 1,
+                        "suspect_confirmed_by": [],
+                             "checkins": [{"verdict": "admitted", "time": t0, "method": "card"},
+                                     {"verdict": "duplicate", "time": t0 + 20, "method": "card"}],
+                        "sweeps": [{"result": "alarm_cleared_after_recheck", "alarms": 1, "rechecks": 1,
+                                    "started": t0, "cleared": t0 + 20, "medical_metal_exempt": False}]}
+    verdicts = {seat: [c["verdict"] for c in row["checkins"]] for seat, row in seats.items()}
+    assert verdicts == {"1": ["admitted", "duplicate"], "2": ["admitted", "left"], "3": ["suspect", "admitted"],
+                        "4": ["late_refused"], "5": []}
+    assert seats["2"]["method"] == "manual" and seats["2"]["sweeps"][0]["result"] == "left_before_clear"
+    assert seats["3"]["suspect_confirmed_by"] == ["P1", "P2"] and seats["3"]["admitted_at"] == t0 + 40
+    assert seats["3"]["sweeps"][0]["result"] == "not_cleared"  # admitted at t0+40, never swept
+    assert (seats["4"]["status"], seats["4"]["admitted_at"], seats["4"]["method"]) == ("absent", None, None)
+    assert seats["4"]["checkins"][0]["time"] == MATH_CUTOFF + 60 and seats["5"]["sweeps"] == []
+    assert rec["unmatched_checkins"] == [{"verdict": "not_in_room", "time": t0 + 30, "method": "card",
+                                          "device": "idreader", "id_masked": mask_id(OUTSIDER)}]
+    text = json.dumps(rec, ensure_ascii=False)  # the scan is not vacuous: the masked numbers are there
+    assert all(mask_id(ID[n]) in text for n in NAMES) and mask_id(OUTSIDER) in text
+    assert not FULL_ID.search(text) and not any(n in text for n in NAMES.values())
+    assert all("name" not in row for row in rec["seats"])  # the key, not only the value
 
 
 def test_journal_replay_after_restart(make, clock, emitted, tmp_path):
@@ -476,3 +576,36 @@ def test_state_for_status_command(make, clock):
     s = st.state()
     assert (s["session"], s["phase"], s["listening"], s["admitted"], s["absent"]) == \
         ("eng-pm", "cutoff_passed", True, 0, 5)
+
+
+def test_clock_step_goes_only_on_a_session_open_at_the_step(make, clock, emitted):
+    """Between sessions the room waits for the next one (days ahead, maybe): a step there is
+    only the clock event, never a note on that session's record."""
+    clock.t = ts("2026-06-07T08:00:00")
+    st = make()
+    clocks: list[dict] = []
+    watch = ClockWatch(lambda k, d: clocks.append(d), clock, st.add_incident)
+
+    def step(seconds: float) -> None:
+        watch.on_clock(ClockState("clock", synced=True, offset_s=0.0, source="chrony:ntp1",
+                                  stepped_s=seconds, ts=clock.t))
+
+    step(5.0)  # before math-am's entry opens: on no record
+    clock.t = ts("2026-06-07T08:40:00")
+    step(-3.0)  # entry open
+    clock.t = ts("2026-06-07T08:29:50")
+    step(-20.0)  # set back from 08:30:10 (entry open) to before entry: still during math-am
+    watch.on_clock(ClockState("clock", synced=True, offset_s=0.2, source="chrony:ntp1", ts=clock.t))
+    clock.t = MATH_END
+    st.tick(MATH_END)
+    clock.t = MATH_END + 3600
+    step(2.0)  # after math-am's record, eng-pm is tomorrow: on no record
+    assert st.add_incident({"type": "clock_step"}, during=[MATH_END + 3600]) is None
+    assert [c["stepped_s"] for c in clocks] == [5.0, -3.0, -20.0, None, 2.0]  # every step is published
+    (rec,) = kinds(emitted, "session_record")
+    steps = [(i["type"], i["stepped_s"], i["start"], i["end"], i["duration_s"]) for i in rec["incidents"]]
+    assert steps == [("clock_step", -3.0, ts("2026-06-07T08:40:00"), ts("2026-06-07T08:40:00"), 0.0),
+                     ("clock_step", -20.0, ts("2026-06-07T08:29:50"), ts("2026-06-07T08:29:50"), 0.0)]
+    assert all(i["source"] == "chrony:ntp1" and i["device"] == "clock" for i in rec["incidents"])
+    st.tick(ts("2026-06-08T17:00:00"))  # nor on tomorrow's record, which the old rule picked
+    assert [r["incidents"] for r in kinds(emitted, "session_record") if r["session"] == "eng-pm"] == [[]]

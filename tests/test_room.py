@@ -76,7 +76,7 @@ def _entry(door: Door, room: Room, out: dict) -> None:
     seen["10"] = door.tap_id(c["10"].id_number, c["10"].name)
     seen["10-suspect"] = door.next_event("checkin", lambda: door.do(
         "checkin_suspect", seat="10", proctor="proctor-A",
-        reason=f"photo unclear: {c['10'].name} {c['10'].id_number}"))
+        reason=f"photo unclear: {c['10'].name} {c['10'].id_number}, or is it {c['11'].name}?"))
     seen["10-confirm-A"] = door.next_event("suspect_confirm", lambda: door.do(
         "checkin_confirm", seat="10", proctor="proctor-A"))
     out["replies"]["same-proctor"] = door.do("checkin_confirm", ok=False, seat="10", proctor="proctor-A")
@@ -139,7 +139,8 @@ def test_checkin_run(checkin_run):
         "admitted", "9", "manual", "id_last6", "proctor-A", "manual")
     sus = ck["10-suspect"]
     assert (sus["verdict"], sus["seat"], sus["proctor"]) == ("suspect", "10", "proctor-A")
-    assert photo_of(checkin_run, sus)["for"]["verdict"] == "suspect" and c["10"].name not in sus["reason"]
+    assert photo_of(checkin_run, sus)["for"]["verdict"] == "suspect"
+    assert sus["reason"] == f"photo unclear: *** {c['10'].id_masked}, or is it ***?"  # every name, not only hers
     assert ck["note"]["text"] == f"*** ({c['3'].id_masked}) asked for water"  # a proctor's note, scrubbed
     assert c["10"].id_number not in sus["reason"] and "photo unclear" in sus["reason"]
     first = ck["10-confirm-A"]
@@ -169,7 +170,20 @@ def test_checkin_run(checkin_run):
     assert r["checkin_events"] == len(checkin_run["w"].events("checkin"))
     assert r["sweeps"]["closed"] == 7 and r["sweeps"]["with_alarm"] == 2
     assert r["sweeps"]["medical_metal_exempt"] == 1 and r["sweeps"]["not_cleared"] == 0
-    assert r["sweeps"]["unassociated"] == 0 and r["incidents"] == 0
+    assert r["sweeps"]["unassociated"] == 0 and r["incidents"] == [] and r["unassociated_sweeps"] == []
+    seats = {row["seat"]: row for row in r["seats"]}  # the record card's rows, published without names
+    assert len(seats) == 30 and all("name" not in row for row in r["seats"])
+    assert (seats["5"]["id_masked"], seats["5"]["ticket"], seats["5"]["method"]) == (c["5"].id_masked, c["5"].ticket, "card")
+    assert seats["5"]["admitted_at"] == ck["5"]["time"] and seats["5"]["rechecks"] == 1
+    assert [(x["result"], x["started"], x["cleared"]) for x in seats["5"]["sweeps"]] == [
+        (sw["5"]["result"], sw["5"]["started"], sw["5"]["cleared"])]
+    assert [x["verdict"] for x in seats["1"]["checkins"]] == ["admitted", "duplicate"]
+    assert [x["verdict"] for x in seats["10"]["checkins"]] == ["admitted", "suspect", "admitted"]
+    assert seats["10"]["suspect_confirmed_by"] == ["proctor-A", "proctor-B"]
+    assert seats["12"]["checkins"] == [{"verdict": "late_refused", "time": late["time"], "method": "card"}]
+    assert (seats["12"]["status"], seats["12"]["admitted_at"]) == ("absent", None)
+    assert r["unmatched_checkins"] == [{"verdict": "not_in_room", "time": other["time"], "method": "card",
+                                        "device": "idcard", "id_masked": "110105********0017"}]
     assert sorted(f["file"] for f in r["files"]) == [f"{room.session}-room101.csv", f"{room.session}-room101.json"]
     for f in r["files"]:
         assert hashlib.sha256((room.record_dir / f["file"]).read_bytes()).hexdigest() == f["sha256"]
@@ -207,6 +221,9 @@ def test_no_personal_data_leaves_the_box(checkin_run):
     assert leaks == []
     masked = [m for m in checkin_run["messages"] if "410105********001X" in m.raw.decode()]
     assert masked, "seat 1's masked ID number should be in its checkin events"
+    record = [m for m in checkin_run["messages"] if m.topic == f"{BASE}/event/session_record"]
+    assert len(record) == 1 and all(c.id_masked in record[0].raw.decode() for c in room.candidates.values()), \
+        "the scan covered the published record, which holds every seat"
 
 
 # -- devices during the exam: one room per test, on the conftest broker and watcher ----------
@@ -296,6 +313,42 @@ def test_clock_offset_turns_the_room_to_alert(start_room, watcher):
     wait_status(w, mark2, "online")
 
 
+def test_clock_steps_and_trial_listening_go_on_the_right_record(start_room, watcher):
+    """Before entry a clock step is on no record while a trial listening is kept with the session
+    it prepares; a step once entry is open is on that session's record; after the record is
+    written a trial is on none, and its reply says so."""
+    w = watcher
+    room, agent = start_room(entry_in=8, start_in=9, cutoff_after=0.3, end_after=1.0)
+    settled(w)
+    mark = len(w.messages)
+    agent.call("sim", words=["clock", "step", "30"])
+    assert wait_kind(w, mark, "clock", lambda d: d["stepped_s"] is not None)["stepped_s"] == pytest.approx(30, abs=0.5)
+    trial = agent.call("trial_listening", seconds=1)
+    assert trial["ok"] is True and trial["pass"] is True, trial
+    assert (trial["recorded_on"], trial["record"]) == (room.session, f"kept with the record of session {room.session}")
+    assert time.time() < room.times["entry_opens"], "the room took too long to start: the steps above were meant before entry"
+    room.wait_until("entry_opens")
+    mark = len(w.messages)
+    agent.call("sim", words=["clock", "step", "-2"])
+    assert wait_kind(w, mark, "clock", lambda d: d["stepped_s"] is not None)["stepped_s"] == pytest.approx(-2, abs=0.5)
+    r = w.wait_for(lambda _: w.events("session_record"), timeout=room.times["end"] - time.time() + 5)[0]["data"]
+    trials = [i for i in r["incidents"] if i["type"] == "trial_listening"]
+    steps = [i for i in r["incidents"] if i["type"] == "clock_step"]
+    assert [i["stepped_s"] for i in steps] == [pytest.approx(-2, abs=0.5)]  # not the +30 before entry
+    assert steps[0]["start"] == steps[0]["end"] and steps[0]["device"] == "clock"
+    assert len(trials) == 1
+    t = trials[0]
+    assert (t["pass"], t["silences"], t["silent_s"], t["clipping_s"], t["problems"]) == (True, 0, 0.0, 0.0, [])
+    assert (t["mean_dbfs"], t["peak_dbfs"], t["file"]) == (trial["mean_dbfs"], trial["peak_dbfs"], Path(trial["file"]).name)
+    assert (t["start"], t["end"], t["duration_s"], t["device"]) == (trial["start"], trial["end"], trial["measured_s"], "broadcast")
+    rows = list(csv.DictReader((room.record_dir / f"{room.session}-room101.csv").read_text(encoding="utf-8-sig").splitlines()))
+    details = [json.loads(row["detail"]) for row in rows if row["record"] == "incident"]
+    assert sorted(d["type"] for d in details) == ["clock_step", "trial_listening"]
+    late = agent.call("trial_listening", seconds=1)
+    assert late["ok"] is True and late["recorded_on"] is None and "already written" in late["record"]
+    assert f"trial listening {Path(late['file']).name} is on no session record" in agent.logs()
+
+
 # -- what the aggregator and the technician can do remotely / at the box -----------------------
 
 def test_remote_commands(start_room, watcher, broker):
@@ -324,6 +377,7 @@ def test_remote_commands(start_room, watcher, broker):
         assert Path(trial["file"]).parent == room.record_dir and Path(trial["file"]).is_file()
         tev = wait_kind(w, mark, "trial_listening")
         assert tev["file"] == Path(trial["file"]).name and tev["pass"] is True
+        assert trial["recorded_on"] == room.session and room.session in trial["record"]
         assert json.loads(Path(trial["file"]).read_text(encoding="utf-8"))["mean_dbfs"] == trial["mean_dbfs"]
 
         bad = agg.call("trial_listening", {"seconds": 0})
