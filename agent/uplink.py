@@ -269,8 +269,9 @@ class Uplink:
                 self._fill_window(client)
             if not self._io(client, self._wait_s()):
                 return came_up
-            if self._acked and (len(self._acked) >= self.cfg["inflight"] // 2 or not self._inflight):
-                self._flush_acks()  # one delete per half window, not one per PUBACK
+            if self._acked and (len(self._acked) >= self.cfg["inflight"] // 2
+                                or (not self._inflight and self._last >= self.spool.last_seq)):
+                self._flush_acks()  # one delete per half window, or once all is sent and acked
 
     def _wait_s(self) -> float:
         """No sleep while the window has room and the spool has more to send."""
