@@ -1,7 +1,14 @@
 """``examroom-agent``: the one command sysadmins and technicians use.
 
-Exit codes follow gpiozero's pintest: 0 success, 1 the thing checked failed
-(self-test failed, command refused), 2 usage or configuration error.
+Exit codes follow gpiozero's pintest, plus one (EXIT_CODES, also in ``--help``):
+0 success; 1 the thing checked failed (self-test failed, command refused), the
+running agent could not be reached, or ``run`` failed on something outside the
+config (disk, port: it may clear up, so systemd restarts it); 2 usage or
+configuration error, including a path the agent cannot write (restarting cannot
+fix it: the unit's RestartPreventExitStatus=2); 3 another agent already runs on
+this spool or control socket. 3 is not a config error: the config is fine and
+the other agent will end (a technician's hand-started ``run``), so systemd keeps
+retrying and the service comes up by itself once it has.
 """
 from __future__ import annotations
 
@@ -15,6 +22,11 @@ from agent import __version__
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/examroom/agent.toml"
+EXIT_ALREADY_RUNNING = 3
+EXIT_CODES = ("exit codes: 0 success; 1 check failed, agent unreachable, or run could not start "
+              "(disk, port: may clear up); 2 usage or configuration error (the file, or a path "
+              "in it the agent cannot write); 3 another agent already runs on this spool or "
+              "control socket")
 
 
 def _load(path: str):
@@ -27,17 +39,48 @@ def _print(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False, indent=2))
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:  # nan fails too
+        raise argparse.ArgumentTypeError(f"expected 0-3600 seconds, got {text}")
+    return value
+
+
 def _call(args: argparse.Namespace, cmd: str, timeout: float = 30.0, **kw: Any) -> dict[str, Any]:
     from agent.control import call
 
     cfg = _load(args.config)
-    return call(cfg.control["socket"], cmd, timeout=timeout, **kw)
+    return call(cfg.control["socket"], cmd, timeout=getattr(args, "timeout", None) or timeout, **kw)
+
+
+def _preflight(cfg: Any, as_service: bool) -> Any:
+    """Everything check-config checks beyond the file itself, as one ConfigError: the paths
+    the agent writes and the seat plan. ``run`` passes it before it opens anything, so the
+    unit needs no ExecStartPre (whose exit 2 systemd would restart). Returns the seat plan."""
+    from agent.config import check_paths
+
+    problems = check_paths(cfg, as_service=as_service)
+    plan = None
+    if cfg.checkin["seatplan"]:
+        from agent.seatplan import load_seatplan
+
+        try:
+            plan = load_seatplan(cfg.checkin["seatplan"], cfg.room["id"])
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+    return plan
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import run_agent
 
     cfg = _load(args.config)
+    _preflight(cfg, as_service=True)  # run is the service user: no allowance for another one
     level = args.log_level or cfg.log["level"]
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_agent(cfg)
@@ -45,15 +88,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    plan = _preflight(cfg, as_service=False)
     devices = ", ".join(f"{d.name} ({d.kind}/{d.backend})" for d in cfg.devices) or "none"
     print(f"{args.config}: OK — room {cfg.room['id']} of site {cfg.site['id']}, "
           f"topics under {cfg.base_topic}/, devices: {devices}")
     if cfg.schedule is not None:
         print(f"  exam sessions: {len(cfg.exams)}")
-    if cfg.checkin["seatplan"]:
-        from agent.seatplan import load_seatplan
-
-        plan = load_seatplan(cfg.checkin["seatplan"], cfg.room["id"])
+    if plan is not None:
         print(f"  seat plan: {len(plan)} candidates, sha256 {plan.sha256[:16]}…")
     return 0
 
@@ -119,7 +160,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from agent import selftest_cli
 
-    p = argparse.ArgumentParser(prog="examroom-agent", description="Exam-room edge agent")
+    p = argparse.ArgumentParser(prog="examroom-agent", description="Exam-room edge agent", epilog=EXIT_CODES)
     p.add_argument("--version", action="version", version=f"examroom-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -127,18 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"agent config (default {DEFAULT_CONFIG})")
         return sp
 
-    sp = with_config(sub.add_parser("run", help="run the agent (foreground; systemd runs this)"))
+    sp = with_config(sub.add_parser(
+        "run", help="run the agent (foreground; systemd runs this)", epilog=EXIT_CODES,
+        description="Checks the config and the paths it writes (exit 2), takes the spool's lock "
+                    "(exit 3 if another agent holds it), then starts; nothing is opened before."))
     sp.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sp.set_defaults(fn=cmd_run)
-    sp = sub.add_parser("check-config", help="check a config file and exit (2 on any problem)")
+    sp = sub.add_parser("check-config", help="check a config file and exit (2 on any problem)",
+                        description="Checks the file, its seat plan and that the agent can write the "
+                                    "paths it names (a directory systemd creates for the service "
+                                    "may be missing; see docs/deployment.md).")
     sp.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     sp.set_defaults(fn=cmd_check)
     sp = with_config(sub.add_parser("status", help="state of the running agent"))
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--timeout", type=_seconds, metavar="S", help="give up on a hung agent after S s (default 30)")
     sp.set_defaults(fn=cmd_status)
     sp = with_config(sub.add_parser("note", help="record a note that travels to the aggregator"))
     sp.add_argument("text", nargs="+")
     sp.add_argument("--author")
+    sp.add_argument("--timeout", type=_seconds, metavar="S", help="give up on a hung agent after S s (default 30)")
     sp.set_defaults(fn=cmd_note)
     selftest_cli.add_command(sub, with_config)
     sp = with_config(sub.add_parser("sim", help="act out hardware on simulated devices",
@@ -165,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from agent.control import AgentNotRunning
+    from agent.control import AgentUnreachable
+    from agent.instance import AlreadyRunning, StartFailed
 
     try:
         return args.fn(args)
@@ -173,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in e.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    except AgentNotRunning as e:
+    except AlreadyRunning as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    except (AgentUnreachable, StartFailed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -8,7 +8,10 @@ plan can travel together.
 """
 from __future__ import annotations
 
+import os
+import pwd
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,11 @@ def _positive(v: float) -> bool:
     return v > 0
 
 
+def _host(v: str) -> bool:
+    # "" would make paho connect to nothing and retry for ever with no useful error
+    return bool(v) and not any(c.isspace() for c in v)
+
+
 def _listen(v: str) -> bool:
     if v == "":
         return True
@@ -54,7 +62,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "label": Option(str, default=""),
     },
     "mqtt": {
-        "host": Option(str, default="127.0.0.1"),
+        "host": Option(str, default="127.0.0.1", check=_host, expected="a host name or IP address"),
         "port": Option(int, default=1883, check=_port, expected="a TCP port 1-65535"),
         "topic_prefix": Option(str, default="exam", check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
         "keepalive_s": Option(int, default=10, check=lambda v: 2 <= v <= 600, expected="2-600 seconds"),
@@ -192,28 +200,45 @@ def _check_devices(tables: Any, file: str, base_dir: Path,
         if not isinstance(table, dict):
             problems.append(Problem(file, where, "expected a table", table))
             continue
+        # every check that does not depend on an earlier one runs: a wrong backend must not
+        # hide a bad name (the sysadmin would fix one, rerun, and only then see the next)
         kind, name, backend = table.get("kind"), table.get("name"), table.get("backend")
+        known = kind in drivers.kinds() and backend in drivers.backends(kind)
+        ok = known
         if kind not in drivers.kinds():
             problems.append(Problem(file, f"{where}.kind",
                                     f"expected one of {', '.join(drivers.kinds())}", kind))
-            continue
-        if backend not in drivers.backends(kind):
+        elif not known:
             problems.append(Problem(file, f"{where}.backend",
                                     f"expected one of {', '.join(drivers.backends(kind))} for {kind}",
                                     backend))
-            continue
         if not isinstance(name, str) or not _topic_safe(name):
             problems.append(Problem(file, f"{where}.name", "expected 1-64 of [A-Za-z0-9_-]", name))
-            continue
-        if name in names:
+            ok = False
+        elif name in names:
             problems.append(Problem(file, f"{where}.name", "duplicate device name", name))
-            continue
-        names.add(name)
+            ok = False
+        else:
+            names.add(name)
+        if not known:
+            continue  # the options depend on the driver: nothing to check them against
         cls = drivers.driver_class(kind, backend)
         rest = {k: v for k, v in table.items() if k not in ("kind", "name", "backend")}
         options = check_table(rest, cls.options, file, where, base_dir, problems)
-        devices.append(DeviceConfig(kind, name, backend, options))
+        if ok:
+            devices.append(DeviceConfig(kind, name, backend, options))
     return devices
+
+
+def _check_backoff(mq: dict[str, Any], given: Any, file: str) -> list[Problem]:
+    """The back-off grows from min to max; with min > max it would shrink after the first
+    wait instead, so neither value would mean what the sysadmin wrote."""
+    lo, hi = mq.get("reconnect_min_s"), mq.get("reconnect_max_s")  # absent if already reported
+    if lo is None or hi is None or lo <= hi:
+        return []
+    if isinstance(given, dict) and "reconnect_max_s" in given:
+        return [Problem(file, "mqtt.reconnect_max_s", f"expected >= reconnect_min_s ({lo})", hi)]
+    return [Problem(file, "mqtt.reconnect_min_s", f"expected <= reconnect_max_s ({hi})", lo)]
 
 
 def _check_tls(mq: dict[str, Any], file: str) -> list[Problem]:
@@ -257,6 +282,7 @@ def parse(text: str, file: str) -> Config:
     for have, lack in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
         if mq.get(have) and not mq.get(lack):
             problems.append(Problem(file, f"mqtt.{lack}", f"missing; expected with {have} (they go together)"))
+    problems.extend(_check_backoff(mq, raw.get("mqtt"), file))
     for key in ("tls_ca", "tls_cert", "tls_key"):
         if mq.get(key) and not Path(mq[key]).is_file():
             problems.append(Problem(file, f"mqtt.{key}", "expected an existing file", mq[key]))
@@ -287,3 +313,103 @@ def load(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError([Problem(str(p), "(file)", "expected UTF-8 text")]) from None
     return parse(text, str(p))
+
+
+# -- the places the agent writes -----------------------------------------------------------
+#
+# check-config and run check them, so a path the agent cannot use stops it with exit 2
+# before it opens anything, not with a traceback after the uplink is up. The rule:
+#   * the directory (or, if it does not exist yet, the nearest parent that does) must be a
+#     directory on a read-write file system;
+#   * its permission bits must let the user write in it and enter it. Root is judged by the
+#     bits like any user: the agent runs as its own user (the unit's User=), and root's
+#     override would let /proc (mode 0555) pass;
+#   * check-config only, since it may run as another user than the service (root before
+#     the install, a technician in the examroom group): a missing directory that systemd
+#     creates for the service when it starts it (MANAGED_DIRS, the unit's StateDirectory= and
+#     RuntimeDirectory=) is fine when its parent exists, and a directory owned by another
+#     non-root user is judged by its owner's bits (the service user owns its directories).
+# ``run`` has neither allowance: it is the service user, at the moment it starts.
+
+MANAGED_DIRS = (Path("/var/lib/examroom"), Path("/run/examroom"))
+SOCKET_PATH_MAX = 107  # a Unix socket address holds 108 bytes, the last one a NUL
+DEVICE_WRITE_DIRS = ("snapshot_dir",)  # device options naming a directory its driver writes
+
+
+def written_paths(cfg: Config) -> list[tuple[str, str, bool]]:
+    """(key, path, is a directory) of every place this config makes the agent write."""
+    out = [("spool.path", cfg.spool["path"], False), ("control.socket", cfg.control["socket"], False)]
+    if cfg.checkin["seatplan"] or any(d.kind == "audio" for d in cfg.devices):
+        out.append(("checkin.record_dir", cfg.checkin["record_dir"], True))  # records, trial reports
+    if cfg.checkin["seatplan"]:
+        out.append(("checkin.journal", cfg.checkin["journal"], False))
+    for i, d in enumerate(cfg.devices):  # cfg.devices holds every [[device]]: none had a problem
+        out += [(f"device[{i}].{k}", d.options[k], True) for k in DEVICE_WRITE_DIRS if d.options.get(k)]
+    return out
+
+
+def check_paths(cfg: Config, *, as_service: bool) -> list[Problem]:
+    """One Problem per path the agent could not write; ``as_service``: judged as the user
+    running this process, with no allowance (``run``), else as check-config (see above)."""
+    problems = []
+    for key, value, is_dir in written_paths(cfg):
+        message = _path_problem(Path(value).absolute(), is_dir, as_service)
+        if message is None and key == "control.socket" and len(os.fsencode(value)) > SOCKET_PATH_MAX:
+            message = f"expected a path of at most {SOCKET_PATH_MAX} bytes (a Unix socket's limit)"
+        if message is not None:
+            problems.append(Problem(cfg.file, key, message, value))
+    return problems
+
+
+def _path_problem(path: Path, is_dir: bool, as_service: bool) -> str | None:
+    if not is_dir:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            mode = 0  # not there (or not reachable): the directory check below says which
+        if stat.S_ISDIR(mode):
+            return "expected a file name; it is a directory"
+        if as_service and stat.S_ISREG(mode) and not os.access(path, os.W_OK):
+            return f"expected a file user {_user(os.geteuid())} may write; it is read-only to it"
+    probe, missing = (path if is_dir else path.parent), None
+    while True:
+        try:
+            st = probe.stat()
+            break
+        except (FileNotFoundError, NotADirectoryError):  # not there yet: the agent creates it
+            probe, missing = probe.parent, probe
+        except OSError as e:
+            return f"expected a directory the agent can use; {probe}: {e.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"expected a directory; {probe} is not one"
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        return f"expected a writable file system; {probe} is on a read-only one"
+    if not as_service and missing is not None and Path(os.path.realpath(probe), missing.name) in MANAGED_DIRS:
+        return None  # systemd makes it, owned by the service user, before ``run`` starts
+    if _may_write(probe, st, as_service):
+        return None
+    who = _user(os.geteuid())
+    bits = f"{probe} is mode {stat.S_IMODE(st.st_mode):04o}, owner {_user(st.st_uid)}"
+    if missing is not None:
+        return f"expected a directory user {who} can create; {bits}, so it cannot create {missing.name} in it"
+    return f"expected a directory user {who} can write in; {bits}"
+
+
+def _may_write(directory: Path, st: os.stat_result, as_service: bool) -> bool:
+    uid = os.geteuid()
+    if uid != 0:
+        if os.access(directory, os.W_OK | os.X_OK):  # the kernel's answer: ACLs included
+            return True
+    else:  # root passes access() everywhere: ask the bits, as for any user
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid in {os.getegid(), *os.getgroups()} else 0
+        if (st.st_mode >> shift) & 0o3 == 0o3:
+            return True
+    # check-config may run as root or a technician; the service user owns its directories
+    return not as_service and st.st_uid not in (uid, 0) and st.st_mode & 0o300 == 0o300
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

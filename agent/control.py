@@ -13,22 +13,36 @@ import logging
 import os
 import socket
 import socketserver
+import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
+
+from agent.instance import AlreadyRunning
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
+MAX_REPLY = 16 * 1024 * 1024  # a status is a few kB; more than this is not our daemon talking
 
 
 class RequestError(ValueError):
     """The request is wrong; the message goes back to the caller as is."""
 
 
-class AgentNotRunning(ConnectionError):
-    pass
+class AgentUnreachable(ConnectionError):
+    """The CLI could not get an answer from the daemon (CLI exit 1)."""
+
+
+class AgentNotRunning(AgentUnreachable):
+    """Nothing listens on the socket: no daemon, or a stale socket a dead one left."""
+
+
+class AgentNotAnswering(AgentUnreachable):
+    """Something listens but gives no usable answer: a hung or overloaded daemon, or not
+    ours. Never taken for "not running": its socket is not to be taken over."""
 
 
 def dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:
@@ -62,15 +76,28 @@ class ControlServer:
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._thread: threading.Thread | None = None
 
+    def check_free(self) -> None:
+        """Raise AlreadyRunning if a daemon listens on our socket. The agent asks this before
+        it opens anything (its spool lock does not see an agent on another spool), and
+        ``start`` again, so that a live daemon's socket is never stolen."""
+        if not os.path.lexists(self.path):
+            return
+        try:
+            call(self.path, "ping", timeout=1.0)
+        except AgentNotRunning:
+            return  # a stale socket a dead daemon left: start() replaces it
+        except AgentNotAnswering:
+            raise AlreadyRunning(f"an examroom agent (pid {_listener_pid(self.path)}) listens on "
+                                 f"{self.path} but does not answer: hung? stop it first") from None
+        raise AlreadyRunning(f"another examroom agent (pid {_listener_pid(self.path)}) is already "
+                             f"running on {self.path}")
+
     def start(self) -> None:
         path = Path(self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            try:  # refuse to steal the socket of a live daemon
-                call(self.path, "ping", timeout=1.0)
-                raise RuntimeError(f"another agent is already running on {self.path}")
-            except AgentNotRunning:
-                path.unlink()
+        self.check_free()
+        if os.path.lexists(path):
+            path.unlink()
         outer = self
 
         class _Handler(socketserver.StreamRequestHandler):
@@ -110,26 +137,65 @@ class ControlServer:
             pass
 
 
-def call(path: str, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
-    """Send one command to the daemon; raises AgentNotRunning with a helpful message."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
+def _listener_pid(path: str) -> str:
+    """The pid of the process listening on ``path`` (SO_PEERCRED), for the message only."""
     try:
-        s.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        s.close()
-        raise AgentNotRunning(f"the agent is not running (no daemon listening on {path})") from None
-    except PermissionError:
-        s.close()
-        raise AgentNotRunning(f"permission denied on {path}: run as root or join the socket's group") from None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            s.connect(path)
+            pid, _uid, _gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                struct.calcsize("3i")))
+            return str(pid)
+    except OSError:
+        return "unknown"
+
+
+def call(path: str, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+    """Send one command to the daemon and return its reply object.
+
+    Raises AgentNotRunning when nothing listens, AgentNotAnswering when something does but
+    no whole JSON reply comes within ``timeout`` seconds (all of it, not per read: a daemon
+    that trickles bytes does not hold the CLI for ever) or the connection is dropped."""
+    deadline = time.monotonic() + timeout
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with s:
-        s.sendall(json.dumps({"cmd": cmd, "args": args}, ensure_ascii=False).encode() + b"\n")
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise AgentNotRunning(f"the agent is not running (no daemon listening on {path})") from None
+        except PermissionError:
+            raise AgentNotRunning(f"permission denied on {path}: run as root or join the socket's group") from None
+        except TimeoutError:  # its listen backlog is full: the daemon accepts nothing
+            raise AgentNotAnswering(f"the agent on {path} did not take the connection within "
+                                    f"{timeout:g} s: hung or overloaded?") from None
+        except OSError as e:
+            raise AgentNotRunning(f"cannot reach the agent on {path}: {e.strerror or e}") from None
         data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        try:
+            s.sendall(json.dumps({"cmd": cmd, "args": args}, ensure_ascii=False).encode() + b"\n")
+            while not data.endswith(b"\n") and len(data) <= MAX_REPLY:
+                s.settimeout(max(deadline - time.monotonic(), 0.001))
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except TimeoutError:
+            raise AgentNotAnswering(f"the agent on {path} did not answer {cmd!r} within {timeout:g} s: "
+                                    "hung or busy? (journalctl -u examroom-agent)") from None
+        except OSError as e:  # reset, broken pipe: it went away mid-request
+            raise AgentNotAnswering(f"the agent on {path} dropped the connection during {cmd!r} "
+                                    f"({e.strerror or type(e).__name__})") from None
     if not data:
-        raise AgentNotRunning(f"the agent closed the connection on {path}")
-    return json.loads(data)
+        raise AgentNotAnswering(f"the agent on {path} closed the connection without answering {cmd!r}")
+    try:
+        if not data.endswith(b"\n"):
+            raise ValueError("cut short")
+        reply = json.loads(data)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise AgentNotAnswering(f"the agent on {path} gave no whole JSON answer to {cmd!r} "
+                                f"({len(data)} bytes)") from None
+    if not isinstance(reply, dict):
+        raise AgentNotAnswering(f"the agent on {path} answered {cmd!r} with {type(reply).__name__}, "
+                                "not a JSON object")
+    return reply

@@ -2,7 +2,9 @@
 
 Start order matters: the spool first (nothing may be emitted before it is
 durable), then the room's listeners, the devices, the uplink, the control
-socket, then READY=1. Stop: the control socket first (no new requests), then
+socket, then READY=1. Before any of it, the instance lock (run_agent) and a
+live agent on the control socket are checked, and a start that fails part-way
+stops what had started. Stop: the control socket first (no new requests), then
 the room, the uplink (a retained "offline" said explicitly so the aggregator
 does not wait for the keep-alive), the devices, and the spool last.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ from agent.control import ControlServer
 from agent.devices import Devices
 from agent.events import Event, iso_now
 from agent.hostinfo import host_health
+from agent.instance import InstanceLock, StartFailed
 from agent.metrics import Metrics
 from agent.room import Room
 from agent.sdnotify import notify, watchdog_interval_s
@@ -120,16 +124,38 @@ class Agent:
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> None:
-        self.spool.open()
-        self.room.start()     # listeners before devices: nothing a device says at start is lost
-        self.devices.start()
-        self.uplink.start()
-        self.control.start()
+        """Start whole or not at all: on any failure what had started is stopped again
+        (a retained "offline" follows a birth already sent), and the error goes up; an
+        OSError or SQLite error becomes StartFailed naming the part that failed."""
+        self.control.check_free()  # before the spool and the broker: a second agent touches nothing
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"spool {self.config.spool['path']}", self.spool.open),
+            ("room", self.room.start),  # listeners before devices: nothing a device says at start is lost
+            ("devices", self.devices.start),
+            ("uplink", self.uplink.start),
+            (f"control socket {self.control.path}", self.control.start)]
         listen = self.config.metrics["listen"]
         if listen:
-            self._metrics_server = self.metrics.serve(listen)
+            steps.append((f"metrics listener {listen}", lambda: self._serve_metrics(listen)))
+        for what, step in steps:
+            try:
+                step()
+            except BaseException as e:
+                self._abort_start(what)
+                if isinstance(e, (OSError, sqlite3.Error)):
+                    raise StartFailed(f"the agent could not start its {what}: {e}") from e
+                raise
         notify("READY=1")
         log.info("agent ready: %s", self.config.base_topic)
+
+    def _serve_metrics(self, listen: str) -> None:
+        self._metrics_server = self.metrics.serve(listen)
+
+    def _abort_start(self, what: str) -> None:
+        try:
+            self.stop()
+        except Exception:  # the first error is the one to report
+            log.exception("stopping after the failed start of the %s failed too", what)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -180,13 +206,19 @@ class Agent:
 
 
 def run_agent(config: Config) -> int:
+    """Run until SIGTERM/SIGINT. The instance lock comes first, before anything is opened,
+    and is held until the process ends; AlreadyRunning and StartFailed go to the CLI."""
     os.umask(0o027)  # records, snapshots and reports hold personal data: not world-readable
-    agent = Agent(config)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: agent.request_stop())
-    agent.start()
+    lock = InstanceLock(config.spool["path"]).acquire()
     try:
-        agent.run()
+        agent = Agent(config)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: agent.request_stop())
+        agent.start()
+        try:
+            agent.run()
+        finally:
+            agent.stop()
     finally:
-        agent.stop()
+        lock.release()
     return 0

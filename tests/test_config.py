@@ -191,6 +191,8 @@ def test_missing_required_keys(tmp_path: Path) -> None:
     ("mqtt", "keepalive_s = 601", "mqtt.keepalive_s", 601, "expected 2-600 seconds"),
     ("mqtt", "keepalive_s = false", "mqtt.keepalive_s", False, "expected an integer"),
     ("mqtt", "reconnect_min_s = 0", "mqtt.reconnect_min_s", 0, "expected > 0 seconds"),
+    ("mqtt", 'host = ""', "mqtt.host", "", "expected a host name or IP address"),
+    ("mqtt", 'host = "broker .lan"', "mqtt.host", "broker .lan", "expected a host name or IP address"),
     ("mqtt", "inflight = 0", "mqtt.inflight", 0, "expected 1-1000 messages"),
     ("mqtt", 'topic_prefix = "exam/x"', "mqtt.topic_prefix", "exam/x", "expected 1-64 of [A-Za-z0-9_-]"),
     ("heartbeat", "interval_s = 0.05", "heartbeat.interval_s", 0.05, "expected 0.1-3600 seconds"),
@@ -219,6 +221,25 @@ def test_bad_values(tmp_path: Path, section, body, key, value, expected) -> None
     assert len(problems) == 1, problems
     # the printed form names all four
     assert str(pr) == f"{p}: {key}: {pr.message} (got {value!r})"
+
+
+@pytest.mark.parametrize("body, key, value, expected", [
+    ("reconnect_min_s = 60\nreconnect_max_s = 1", "mqtt.reconnect_max_s", 1, "expected >= reconnect_min_s (60)"),
+    ("reconnect_min_s = 60", "mqtt.reconnect_min_s", 60, "expected <= reconnect_max_s (30.0)"),  # max: default
+    ("reconnect_max_s = 0.1", "mqtt.reconnect_max_s", 0.1, "expected >= reconnect_min_s (0.5)"),
+])
+def test_reconnect_backoff_min_above_max(tmp_path: Path, body, key, value, expected) -> None:
+    p, problems = problems_of(tmp_path, with_section("mqtt", body))
+    assert problems == [Problem(str(p), key, expected, value)]
+
+
+def test_reconnect_backoff_equal_bounds_and_bad_bound_reported_once(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, with_section("mqtt", "reconnect_min_s = 2\nreconnect_max_s = 2")))
+    assert (cfg.mqtt["reconnect_min_s"], cfg.mqtt["reconnect_max_s"]) == (2, 2)
+    # a bound already wrong on its own is not compared as well
+    _, problems = problems_of(tmp_path, with_section("mqtt", "reconnect_min_s = 60\nreconnect_max_s = -1"))
+    assert [p.key for p in problems] == ["mqtt.reconnect_max_s"]
+    assert problems[0].message == "expected > 0 seconds"
 
 
 @pytest.mark.parametrize("listen", ["", "0.0.0.0:9108", ":9108", "[::1]:9108"])
@@ -360,6 +381,19 @@ def test_device_bad_name(tmp_path: Path, name: str) -> None:
     assert pr.value == name and "1-64 of [A-Za-z0-9_-]" in pr.message
 
 
+@pytest.mark.parametrize("table, keys", [
+    ({"kind": "clock", "name": "bad name", "backend": "usb"}, {"backend", "name"}),
+    ({"kind": "teleporter", "name": "bad name", "backend": "sim"}, {"kind", "name"}),
+    ({"kind": "clock", "name": "bad name", "backend": "sim", "synced": "yes"}, {"name", "synced"}),
+])
+def test_device_every_problem_of_a_table(tmp_path: Path, table, keys) -> None:
+    """A wrong backend used to hide a bad name: fix one, rerun, only then see the next."""
+    p, problems = problems_of(tmp_path, MINIMAL + device(**table))
+    assert {pr.key for pr in problems} == {f"device[0].{k}" for k in keys}
+    name = only(problems, "device[0].name")
+    assert str(name) == f"{p}: device[0].name: expected 1-64 of [A-Za-z0-9_-] (got 'bad name')"
+
+
 def test_device_name_not_a_string(tmp_path: Path) -> None:
     _, problems = problems_of(tmp_path, MINIMAL + device(kind="clock", name=7, backend="sim"))
     assert only(problems, "device[0].name").value == 7
@@ -441,14 +475,14 @@ backend = "sim"
 
 [[device]]
 kind = "jetpack"
-name = "j"
+name = "j 1"
 backend = "sim"
 """
 
 BROKEN_KEYS = {
     "schema_version", "site.id", "room.id", "room.colour", "mqtt.port", "mqtt.keepalive_s",
     "spool.max_bytes", "spool.sync", "heartbeat.interval_s", "metrics.listen", "bogus",
-    "device[0].debounce_ms", "device[0].turbo", "device[1].name", "device[2].kind",
+    "device[0].debounce_ms", "device[0].turbo", "device[1].name", "device[2].kind", "device[2].name",
 }
 
 
