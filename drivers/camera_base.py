@@ -73,7 +73,12 @@ COMMON_OPTIONS: dict[str, Option] = {
 
 
 def _iso(wall: float) -> str:
-    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds")
+    """ISO 8601 with the box's UTC offset, to the millisecond: as every time the agent publishes.
+
+    The same format as ``agent.events.iso_now``, restated because drivers import nothing
+    of the agent. Snapshot file names stay UTC (``...Z``) so they sort across offset changes.
+    """
+    return datetime.fromtimestamp(wall).astimezone().isoformat(timespec="milliseconds")
 
 
 def sanitise_tag(tag: str) -> str:
@@ -336,16 +341,6 @@ class CameraBase(Driver):
         self.emit(DeviceStateChanged(self.name, state=state, reason=reason, ts=self.clock()))
 
     # -- what the agent calls ---------------------------------------------
-
-    def health(self) -> dict[str, Any]:
-        """Check the picture now (blocks up to ``capture_timeout_s``) and say how it is."""
-        verdict = self._check()
-        with self._lock:
-            if verdict is None:  # not running: say why without touching the hardware
-                state, reason = {ABSENT: ("absent", ""), FAULT: (ABNORMAL, NO_FRAMES)}.get(
-                    self._state, ("stopped", ""))
-                return {"state": state, "reason": reason, "metrics": {}, "checked_at": None}
-            return {**verdict.as_dict(), "checked_at": _iso(self._checked_at or self.clock())}
 
     def snapshot(self, tag: str) -> dict[str, Any]:
         """Store one full frame as JPEG evidence; returns where and its hash, never the image."""

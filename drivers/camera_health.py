@@ -71,10 +71,15 @@ def sharpness(gray: np.ndarray) -> float:
     return float(lap.var())
 
 
-def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Frame-to-frame change; infinite when sizes differ (a mode change is not a freeze)."""
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Frame-to-frame change; None when the sizes differ (a camera mode change, another image).
+
+    Frames of different sizes cannot be compared pixel by pixel, and a picture whose size
+    changed is certainly not frozen. None rather than infinity: the value goes into JSON,
+    which has no infinity.
+    """
     if a.shape != b.shape:
-        return math.inf
+        return None
     return float(np.abs(a - b).mean())
 
 
@@ -91,9 +96,6 @@ class Verdict:
     state: str                       # NORMAL | ABNORMAL
     reason: str = ""                 # "" | DARK | FROZEN | BLURRED | NO_FRAMES
     metrics: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "reason": self.reason, "metrics": dict(self.metrics)}
 
 
 class HealthAnalyzer:
@@ -117,6 +119,7 @@ class HealthAnalyzer:
         if gray is None:
             return Verdict(ABNORMAL, NO_FRAMES, {"brightness": None, "sharpness": None, "diff": None})
         t = self.thresholds
+        # None: the first frame, or one of another size than the last; either way a change.
         diff = None if self._previous is None else mean_abs_diff(gray, self._previous)
         if diff is None or diff >= t.frozen_epsilon or self._still_since is None:
             self._still_since = now

@@ -1,4 +1,5 @@
-"""Real image files for the camera tests, drawn with Pillow: a room scene, a black frame, a blur.
+"""Real image files for the camera tests, drawn with Pillow: a room scene, a black frame, a blur,
+and the scene at another size and aspect (640x480: what a camera mode change delivers).
 
 Shared by test_camera_health.py (verdicts, blur calibration) and test_camera.py (the driver).
 """
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 W, H = 1280, 720
+SMALL = (640, 480)  # another aspect: downscaled for analysis it is 320x240, not 320x180
 
 
 def make_scene(seed: int = 3) -> Image.Image:
@@ -43,8 +45,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("camera-images")
     scene = make_scene()
     (root / "scenes").mkdir()  # the sim's images_dir: the normal scene only
-    paths = {"scene": root / "scenes" / "scene.png", "black": root / "black.png", "blurred": root / "blurred.png"}
+    paths = {"scene": root / "scenes" / "scene.png", "black": root / "black.png", "blurred": root / "blurred.png",
+             "small": root / "small.png"}
     scene.save(paths["scene"])
+    scene.resize(SMALL).save(paths["small"])
     Image.new("RGB", (W, H), (3, 3, 3)).save(paths["black"])
     scene.filter(ImageFilter.GaussianBlur(5)).save(paths["blurred"])
     return paths

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -14,18 +15,22 @@ import threading
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from jsonschema import Draft202012Validator
 from PIL import Image
 
 import drivers
+from agent.events import iso_now
 from drivers.bus import Bus, DeviceEvent
 from drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError
 from drivers.camera import PiCamera, SimCamera
-from drivers.camera_base import COMMON_OPTIONS, prune_snapshots, sanitise_tag
+from drivers.camera_base import COMMON_OPTIONS, CameraBase, prune_snapshots, sanitise_tag
 from drivers.events import CameraHealth, DeviceStateChanged
 from tests.camera_images import H, W, images, noisy  # noqa: F401  (images is a fixture)
+from tests.test_contract import load_schemas
 
 
 class FakeMonotonic:
@@ -58,6 +63,13 @@ class Recorder:
 
     def of(self, kind: type) -> list:
         return [e for e in self.events if isinstance(e, kind)]
+
+
+def check(cam: CameraBase) -> dict[str, Any]:
+    """One health check as the health thread runs it, read back the way the heartbeat reads it."""
+    assert cam._check() is not None, "the camera is not running"
+    status = cam.status()
+    return {"reason": status.reason, **status.details}
 
 
 @pytest.fixture
@@ -94,14 +106,14 @@ def test_health_events_only_on_change(sim) -> None:
     assert cam.status().state == OK
     for _ in range(3):
         clock.now += 5
-        assert cam.health()["state"] == "normal"
+        assert check(cam)["health"] == "normal"
     cam.simulate("black", [])
     for _ in range(3):
         clock.now += 5
-        assert cam.health()["reason"] == "dark"
+        assert check(cam)["reason"] == "dark"
     cam.simulate("normal", [])
     clock.now += 5
-    cam.health()
+    check(cam)
     health = [(e.state, e.reason) for e in rec.of(CameraHealth)]
     assert health == [("normal", ""), ("abnormal", "dark"), ("normal", "")]
     states = [(e.state, e.reason) for e in rec.of(DeviceStateChanged)]
@@ -114,23 +126,23 @@ def test_frozen_driven_by_fake_clock(sim) -> None:
     cam.simulate("frozen", [])  # from now on the frame start() saw at t=1000 repeats
     for t in (1003, 1006, 1009.9):
         clock.now = t
-        assert cam.health()["reason"] == ""
+        assert check(cam)["reason"] == ""
     clock.now = 1010
-    h = cam.health()
+    h = check(cam)
     assert h["reason"] == "frozen" and h["metrics"]["diff"] == 0.0 and h["metrics"]["still_s"] == 10.0
     assert [e.reason for e in rec.of(CameraHealth)] == ["", "frozen"]
     cam.simulate("normal", [])
     clock.now += 60
-    assert cam.health()["state"] == "normal"
+    assert check(cam)["health"] == "normal"
 
 
 def test_blur_and_no_frames_through_driver(sim) -> None:
     cam, rec, clock = sim
     cam.start()
     cam.simulate("blur", [])
-    assert cam.health()["reason"] == "blurred"
+    assert check(cam)["reason"] == "blurred"
     cam.simulate("no_frames", [])
-    h = cam.health()
+    h = check(cam)
     assert h["reason"] == "no_frames" and "no frames" in h["metrics"]["error"]
     assert cam.status().as_dict()["reason"] == "no_frames"
 
@@ -149,10 +161,10 @@ def test_hung_capture_times_out_as_no_frames(images: dict[str, Path], tmp_path: 
     try:
         cam.start()  # start reports the first verdict even though no frame came
         assert cam.status().reason == "no_frames"
-        h = cam.health()
+        h = check(cam)
         assert h["reason"] == "no_frames" and "never returned" in h["metrics"]["error"]
         release.set()
-        assert cam.health()["state"] == "normal"
+        assert check(cam)["health"] == "normal"
     finally:
         release.set()
         cam.stop()
@@ -186,8 +198,59 @@ def test_snapshot_is_a_valid_jpeg_with_matching_hash(sim, tmp_path: Path) -> Non
     with Image.open(path) as img:
         assert img.format == "JPEG" and img.size == (W, H)
         img.verify()
-    assert out["ts"].endswith("+00:00")
     assert cam.status().details["snapshots"] >= 1
+
+
+@pytest.fixture
+def beijing_box(monkeypatch: pytest.MonkeyPatch):
+    """The box's zone is UTC+8 (POSIX TZ, no tzdata needed), so a UTC time cannot pass for local."""
+    monkeypatch.setenv("TZ", "CST-8")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_times_carry_the_box_offset_like_every_other(beijing_box, images: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    wall = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
+    config = {"images_dir": str(images["scene"].parent), "snapshot_dir": str(tmp_path), "interval_s": 3600}
+    with SimCamera("cam-tz", config, Bus(), clock=lambda: wall) as cam:
+        checked_at = cam.status().details["checked_at"]
+        shot = cam.snapshot("tz")
+    assert checked_at == shot["ts"] == iso_now(wall) == "2025-06-15T23:06:40.000+08:00"
+    assert shot["file"] == "20250615T150640.000Z_tz.jpg"  # file names stay UTC: they sort across zones
+
+
+def test_scenes_of_two_sizes_give_valid_json(images: dict[str, Path], tmp_path: Path) -> None:
+    """Each frame has another size than the last (a mode change, mixed sim images): changed, not frozen."""
+    scene_dir = tmp_path / "scenes"
+    scene_dir.mkdir()
+    (scene_dir / "a.png").write_bytes(images["scene"].read_bytes())  # 1280x720
+    (scene_dir / "b.png").write_bytes(images["small"].read_bytes())  # 640x480
+    bus, clock = Bus(), FakeMonotonic()
+    rec = Recorder(bus)
+    cam = SimCamera("camera", {"images_dir": str(scene_dir), "snapshot_dir": str(tmp_path / "s"),
+                               "interval_s": 3600}, bus, monotonic=clock)
+    schemas = load_schemas()
+    device_schema = Draft202012Validator(schemas["device/camera"])
+    try:
+        cam.start()
+        for _ in range(4):  # 15 s of frames, longer than frozen_after_s (10)
+            clock.now += 5
+            h = check(cam)
+            assert (h["health"], h["reason"]) == ("normal", "")
+            assert h["metrics"]["diff"] is None and h["metrics"]["still_s"] == 0.0
+            entry = {"kind": cam.kind, "backend": cam.backend, **cam.status().as_dict()}
+            json.loads(json.dumps(entry, allow_nan=False))  # what the heartbeat sends: strict JSON
+            assert list(device_schema.iter_errors(entry)) == []
+    finally:
+        cam.stop()
+    event_schema = Draft202012Validator(schemas["data/camera"])
+    for e in rec.of(CameraHealth):
+        data = {"device": e.device, "state": e.state, "reason": e.reason, "metrics": e.metrics}
+        json.dumps(data, allow_nan=False)
+        assert list(event_schema.iter_errors(data)) == []
 
 
 def test_snapshot_names_never_collide(images: dict[str, Path], tmp_path: Path) -> None:
@@ -275,7 +338,7 @@ def test_sim_bad_actions(sim) -> None:
 def test_sim_default_scene_is_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with SimCamera("cam5", {"snapshot_dir": str(tmp_path / "s"), "interval_s": 3600}, Bus()) as cam:
-        assert cam.health()["state"] == "normal"
+        assert check(cam)["health"] == "normal"
     assert (tmp_path / "examroom-sim-camera" / "scene.png").exists()
 
 
@@ -293,7 +356,7 @@ def test_stop_is_idempotent_and_restart_works(sim) -> None:
     cam.stop()
     cam.stop()
     cam.start()
-    assert cam.health()["state"] == "normal"
+    assert check(cam)["health"] == "normal"
     assert [e.state for e in rec.of(DeviceStateChanged)] == [OK, STOPPED, OK]
 
 
@@ -309,7 +372,8 @@ def test_picamera_absent_on_this_machine(tmp_path: Path) -> None:
     assert cam.status().state == ABSENT and "picamera2" in cam.status().reason
     assert [(e.state) for e in rec.of(DeviceStateChanged)] == [ABSENT]
     assert [(e.state) for e in rec.of(CameraHealth)] == ["absent"]
-    assert cam.health()["state"] == "absent"
+    assert cam._check() is None  # nothing to check: the health thread never ran
+    assert cam.status().details == {"health": None, "metrics": {}, "checked_at": None, "snapshots": 0}
     assert cam.selftest().skipped and not cam.selftest().ok
     with pytest.raises(OSError):
         cam.snapshot("x")
@@ -361,7 +425,7 @@ def test_picamera_with_fake_library(images: dict[str, Path], tmp_path: Path,
     monkeypatch.setitem(sys.modules, "picamera2", fake)
     cam = PiCamera("pi", {"snapshot_dir": str(tmp_path), "interval_s": 3600, "resolution": [1280, 720]}, Bus())
     cam.start()
-    assert cam.status().state == OK and cam.health()["state"] == "normal"
+    assert cam.status().state == OK and check(cam)["health"] == "normal"
     assert cam.selftest().ok
     assert Image.open(tmp_path / cam.snapshot("pi")["file"]).size == (W, H)
     cam.stop()
@@ -384,7 +448,7 @@ def test_picamera_that_will_not_start_is_a_fault(tmp_path: Path, monkeypatch: py
     cam.start()
     assert cam.status().state == FAULT and "busy" in cam.status().reason
     assert [(e.state, e.reason) for e in rec.of(CameraHealth)] == [("abnormal", "no_frames")]
-    assert cam.health()["reason"] == "no_frames"
+    assert cam._check() is None and cam.status().details["health"] is None  # never running: no check
     assert fake.calls[-1] == "close"  # the half-opened camera is released
     cam.stop()
     assert cam.status().state == STOPPED

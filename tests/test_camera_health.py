@@ -4,6 +4,7 @@ Time for the freeze check is passed in, so nothing sleeps.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from PIL import Image, ImageFilter
 
 from drivers.camera_health import (DEFAULT_BLUR_THRESHOLD, DEFAULT_DARK_THRESHOLD, HealthAnalyzer,
                                    Thresholds, brightness, prepare, sharpness)
-from tests.camera_images import H, W, images, load, noisy  # noqa: F401  (images is a fixture)
+from tests.camera_images import SMALL, H, W, images, load, noisy  # noqa: F401  (images is a fixture)
 
 
 def verdict_of(frame: np.ndarray) -> tuple[str, str]:
@@ -78,3 +79,20 @@ def test_noisy_live_frames_never_freeze(images: dict[str, Path]) -> None:
 def test_no_frames_verdict() -> None:
     v = HealthAnalyzer().observe(None, 0.0)
     assert (v.state, v.reason) == ("abnormal", "no_frames")
+
+
+def test_frame_size_change_is_a_change_not_a_freeze(images: dict[str, Path]) -> None:
+    """A camera mode change or another sim image: frames cannot be compared, the picture changed."""
+    analyzer = HealthAnalyzer(Thresholds(frozen_after_s=10))
+    big, small = prepare(load(images["scene"])), prepare(load(images["small"]))
+    assert load(images["small"]).shape[:2] == SMALL[::-1] and big.shape != small.shape
+    analyzer.observe(big, 0.0)
+    assert analyzer.observe(big.copy(), 9.0).metrics["still_s"] == 9.0  # still for 9 s, not yet frozen
+    v = analyzer.observe(small, 10.0)
+    assert (v.state, v.reason) == ("normal", "")
+    assert v.metrics["diff"] is None and v.metrics["still_s"] == 0.0  # the freeze clock restarts
+    json.dumps(v.metrics, allow_nan=False)  # no Infinity: the metrics go out as JSON
+    assert analyzer.observe(small.copy(), 19.9).reason == ""
+    assert analyzer.observe(small.copy(), 20.0).reason == "frozen"  # 10 s after the size change
+    back = analyzer.observe(big, 21.0)
+    assert back.reason == "" and back.metrics["diff"] is None
