@@ -38,6 +38,9 @@ from drivers.events import ClockState, DeviceStateChanged
 
 log = logging.getLogger(__name__)
 
+LOCAL_ONLY = "chrony follows its own local clock, no time source"
+UNSYNCED = "unsynced"
+
 
 @dataclass(frozen=True)
 class ClockReading:
@@ -63,10 +66,13 @@ def parse_chrony_tracking(text: str) -> ClockReading:
     except ValueError as exc:
         raise ProtocolError(f"chronyc tracking: {exc} in {text!r}") from exc
     ref_id, ref_name, leap = f[0], f[1], f[13]
-    # 7F7F0101 (127.127.1.1) is chrony's "local" reference: the box is its own time source.
-    reference = "local" if ref_id == "7F7F0101" else (ref_name or ref_id)
+    # 7F7F0101 (127.127.1.1) is chrony's "local" reference (``local stratum N``): the box
+    # serves its own time. chrony calls that synchronised, but a room box whose clock follows
+    # only itself is not on the site's time, so here it is not synced.
+    local = ref_id == "7F7F0101"
+    reference = "local" if local else (ref_name or ref_id)
     return ClockReading(
-        synced=leap != "Not synchronised",
+        synced=leap != "Not synchronised" and not local,
         offset_s=-system_time,
         source=f"chrony:{reference}",
         stratum=stratum,
@@ -150,6 +156,11 @@ def read_system(chronyc: str = "chronyc") -> ClockReading:
 
 
 # -- drivers --------------------------------------------------------------------------
+
+def _unsynced_reason(reading: ClockReading) -> str:
+    """Why an unsynced reading is: a clock serving only itself says so, it needs a different fix."""
+    return LOCAL_ONLY if reading.source == "chrony:local" else UNSYNCED
+
 
 def _positive(value: float) -> bool:
     return math.isfinite(value) and value > 0
@@ -259,7 +270,7 @@ class _ClockDriver(Driver):
 
     def _judge(self, reading: ClockReading) -> tuple[str, str]:
         if not reading.synced:
-            return FAULT, "unsynced"
+            return FAULT, _unsynced_reason(reading)
         limit = self._opt("max_offset_s")
         if reading.offset_s is not None and abs(reading.offset_s) > limit:
             return FAULT, f"offset {reading.offset_s:.3g} s exceeds {limit:g} s"
@@ -293,7 +304,8 @@ class _ClockDriver(Driver):
         steps = (
             SelftestStep("source readable", True,
                          f"{reading.source}, stratum {reading.stratum}, leap {reading.leap!r}"),
-            SelftestStep("synchronised", reading.synced, reading.leap),
+            SelftestStep("synchronised", reading.synced,
+                         reading.leap if reading.synced else f"{_unsynced_reason(reading)} ({reading.leap})"),
             SelftestStep("offset within bound", within,
                          f"offset {reading.offset_s} s, bound {limit:g} s"),
         )

@@ -27,6 +27,9 @@ SLOW = ("C0A80101,192.168.1.1,3,1700000000.000000000,1.200000000,1.250000000,"
         "0.300000000,2.054,-0.004,0.182,0.023675382,0.001886752,1042.2,Normal\n")
 UNSYNCED = ("00000000,,0,0.000000000,0.000000000,0.000000000,0.000000000,0.000,0.000,0.000,"
             "1.000000000,1.000000000,0.0,Not synchronised\n")
+# `local stratum 10` and no server: chrony serves its own clock (refid 7F7F0101, 'LOCAL').
+LOCAL = ("7F7F0101,127.127.1.1,10,1700000000.000000000,0.000000000,0.000000000,0.000000000,"
+         "0.000,0.000,0.000,0.000000000,0.000010000,0.0,Normal\n")
 
 
 class Clocks:
@@ -77,6 +80,8 @@ def test_parse_chrony_tracking():
     assert slow.offset_s == -1.2  # chrony's positive "System time" means slow
     unsynced = parse_chrony_tracking(UNSYNCED)
     assert (unsynced.synced, unsynced.source, unsynced.stratum) == (False, "chrony:00000000", 0)
+    local = parse_chrony_tracking(LOCAL)  # chrony says Normal, but no time source is behind it
+    assert (local.synced, local.source, local.stratum, local.leap) == (False, "chrony:local", 10, "Normal")
     for bad in ("", "506 Cannot talk to daemon\n", SYNCED.replace(",4,", ",four,"), SYNCED * 2):
         with pytest.raises(ProtocolError):
             parse_chrony_tracking(bad)
@@ -164,6 +169,26 @@ def test_unsynced_status_and_absent_source(bus_events):
     assert (clk.status().state, clk.status().reason) == (ABSENT, "no chronyd")
     clk.poll()
     assert [e.synced for e in clock_states(events)] == [False, False]  # unknown, then known again
+
+
+def test_clock_following_only_itself_is_a_fault_with_its_own_reason(bus_events):
+    """A box on chrony's local reference keeps good time by itself, not the site's: alert."""
+    bus, events = bus_events
+    clocks = Clocks()
+    local = parse_chrony_tracking(LOCAL)
+    clk = system_clock(bus, clocks, [local, local, parse_chrony_tracking(SYNCED)])
+    clk.poll()
+    status = clk.status()
+    assert (status.state, status.reason) == (FAULT, "chrony follows its own local clock, no time source")
+    assert (status.details["synced"], status.details["source"]) == (False, "chrony:local")
+    selftest = clk.selftest()  # reads the second local reading
+    assert not selftest.ok and "own local clock" in selftest.steps[1].detail
+    clocks.tick(10)
+    clk.poll()  # a server answers: synced, OK, and the event says which source
+    assert (clk.status().state, clk.status().reason) == (OK, "")
+    assert [(e.synced, e.source) for e in clock_states(events)] == [
+        (False, "chrony:local"), (True, "chrony:169.254.169.123")]
+    assert [e.state for e in events if isinstance(e, DeviceStateChanged)] == [FAULT, OK]
 
 
 def test_step_detection_with_injected_clocks(bus_events):
@@ -293,11 +318,12 @@ def test_real_chronyd_local_reference(chronyd_socket, bus_events):
     sock = chronyd_socket(local=True)
     reading = read_chrony(["chronyc", "-h", sock])
     assert (reading.synced, reading.source, reading.stratum, reading.leap) == (
-        True, "chrony:local", 10, "Normal")
+        False, "chrony:local", 10, "Normal")  # chrony's own view is "Normal": not the site's time
     clk = SystemClock("clock", {"chronyc": f"chronyc -h {sock}", "poll_interval_s": 3600}, bus)
     clk.start()
-    assert clk.status().state == OK
-    assert clock_states(events)[0].source == "chrony:local"
+    assert (clk.status().state, clk.status().reason) == (
+        FAULT, "chrony follows its own local clock, no time source")
+    assert [(e.synced, e.source) for e in clock_states(events)] == [(False, "chrony:local")]
     clk.stop()
 
 
