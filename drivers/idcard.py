@@ -337,7 +337,7 @@ class SerialIdCardReader(Driver):
             self._serial = ser
         self._heard()
         log.info("%s: opened %s", self.name, port)
-        self._set_state(OK, f"port {port} open")
+        self._set_state(OK)  # working: nothing to say; the port is in the status details
         return True
 
     def _lost(self, exc: OSError) -> None:

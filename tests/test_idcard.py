@@ -287,6 +287,8 @@ def test_absent_reader_is_picked_up_when_plugged_in(tmp_path: Path, bus: Bus, ev
         assert drv.status().state == ABSENT
         line = Line(link)
         events.wait(DeviceStateChanged, where=lambda e: e.state == OK)
+        status = drv.status()  # working: no reason (the absence's is gone), the port in the details
+        assert (status.state, status.reason, status.details["port"]) == (OK, "", str(link))
         line.sim.set_card(ZHANG)
         assert events.wait(CardPresented)[0].identity == ZHANG
     finally:
