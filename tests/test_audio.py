@@ -412,12 +412,6 @@ def test_sim_relay_on_private_mock_pins(sim: Any) -> None:
     assert result.ok and [s.name for s in result.steps] == ["input", "samples", "relay"]
 
 
-def test_options_are_declared() -> None:
-    for cls in (AlsaAudioMonitor, SimAudioMonitor):
-        assert {"device", "rate", "channels", "block_ms", "silence_floor_dbfs", "silence_hold_s",
-                "clip_dbfs", "relay_pin", "relay_active_high"} <= set(cls.options)
-
-
 # -- what the exam makes of it: no input, stepped clocks, stalls, the contract -----------------
 
 class Log:
