@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from agent.control import AgentNotRunning, call  # noqa: E402
 from agent.localbroker import Broker  # noqa: E402
 from agent.watch import watch  # noqa: E402
+from drivers.audio_monitor import AudioMonitor  # noqa: E402
 
 TZ = timezone(timedelta(hours=8))  # exam sites keep Beijing time
 
@@ -96,6 +98,17 @@ def wait_until(ts: float) -> None:
         time.sleep(min(0.2, max(ts - time.time(), 0)))
 
 
+def dropout_s() -> float:
+    """How long the demo's broadcast drops out: 2 s past the feed's configured silence hold.
+
+    A loss shorter than ``silence_hold_s`` is no silence at all, so the dropout is taken
+    from config/demo.toml rather than written down beside it: the incident always happens.
+    """
+    cfg = tomllib.loads((ROOT / "config" / "demo.toml").read_text(encoding="utf-8"))
+    [feed] = [d for d in cfg["device"] if d["name"] == "broadcast"]
+    return float(feed.get("silence_hold_s", AudioMonitor.options["silence_hold_s"].default)) + 2.0
+
+
 def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
     say("Entry is open. Candidates show admission ticket + ID card, then a metal-detector sweep.")
     for seat in (1, 2, 3):
@@ -133,11 +146,12 @@ def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
     wait_until(times["cutoff"] + 2)
     say("Seat 12 arrives after the cutoff: refused and recorded (late_refused)")
     room.tap_id(ids[12])
-    say("The listening part starts; the broadcast feed drops out for 4 s: an incident; "
+    dropout = dropout_s()
+    say(f"The listening part starts; the broadcast feed drops out for {dropout:g} s: an incident; "
         "the agent switches to the backup source")
     wait_until(times["listen_start"] + 3)
     room.sim("broadcast", "silence")
-    time.sleep(6)
+    time.sleep(dropout)
     room.sim("broadcast", "level", "-20")
     say(f"End of the session at {datetime.fromtimestamp(times['end']):%H:%M:%S}: the session record is published "
         "and written for the room record card")
