@@ -54,10 +54,6 @@ class Event:
     def replayed(self, current_session: int) -> bool:
         return (not self.live) or self.session != current_session
 
-    def envelope(self, current_session: int) -> dict[str, Any]:
-        return {"id": self.id, "seq": self.seq, "ts": self.ts, "kind": self.kind,
-                "session": self.session, "replayed": self.replayed(current_session), "data": self.data}
-
     def payload(self, current_session: int) -> bytes:
         head = json.dumps({"id": self.id, "seq": self.seq, "ts": self.ts, "kind": self.kind,
                            "session": self.session, "replayed": self.replayed(current_session)},

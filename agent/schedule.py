@@ -75,20 +75,6 @@ class Session:
     def iso(self, ts: float) -> str:
         return datetime.fromtimestamp(ts, self.tz).isoformat(timespec="seconds")
 
-    def instants(self) -> list[tuple[float, str]]:
-        out = [(self.entry_opens, "entry_opens"), (self.start, "start"),
-               (self.cutoff, "cutoff"), (self.end, "end")]
-        for w in self.listening:
-            out += [(w.start, "listening_start"), (w.end, "listening_end")]
-        return out
-
-
-@dataclass(frozen=True)
-class Transition:
-    at: float
-    session: Session
-    what: str  # entry_opens | start | cutoff | listening_start | listening_end | end
-
 
 @dataclass(frozen=True)
 class Schedule:
@@ -114,12 +100,6 @@ class Schedule:
                 if w.contains(now):
                     return s, w
         return None
-
-    def next_transition(self, now: float) -> Transition | None:
-        """The next instant strictly after ``now`` where phase or listening changes."""
-        upcoming = [Transition(at, s, what) for s in self.sessions
-                    for at, what in s.instants() if at > now]
-        return min(upcoming, key=lambda t: t.at, default=None)
 
 
 def _when(v: Any, file: str, key: str, problems: list[Problem]) -> datetime | None:

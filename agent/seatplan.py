@@ -81,13 +81,11 @@ class SeatPlan:
     candidates: tuple[Candidate, ...]
     _by_id: dict[str, Candidate] = field(init=False, repr=False, compare=False)
     _by_seat: dict[str, Candidate] = field(init=False, repr=False, compare=False)
-    _by_ticket: dict[str, Candidate] = field(init=False, repr=False, compare=False)
     _by_uid: dict[str, Candidate] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_id", {c.id_number: c for c in self.candidates})
         object.__setattr__(self, "_by_seat", {c.seat: c for c in self.candidates})
-        object.__setattr__(self, "_by_ticket", {c.ticket: c for c in self.candidates})
         object.__setattr__(self, "_by_uid", {u: c for c in self.candidates for u in c.card_uids})
 
     def __len__(self) -> int:
@@ -104,9 +102,6 @@ class SeatPlan:
 
     def by_seat(self, seat: Any) -> Candidate | None:
         return self._by_seat.get(norm_seat(seat))
-
-    def by_ticket(self, ticket: str) -> Candidate | None:
-        return self._by_ticket.get(str(ticket).strip())
 
     def by_id_last6(self, last6: str) -> list[Candidate]:
         """All matches, in seat order: six digits may belong to two candidates in one room."""

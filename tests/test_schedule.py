@@ -60,21 +60,20 @@ def test_negative_cutoff_closes_entry_before_start(sched):
     assert not eng.entry_allowed(ts("2026-06-08T15:05:00+08:00"))
 
 
-def test_listening_and_next_transition(sched):
+def test_listening_windows(sched):
     eng = sched.get("eng-pm")
     assert sched.listening_at(ts("2026-06-08T14:59:59+08:00")) is None
-    s, w = sched.listening_at(ts("2026-06-08T15:10:00+08:00"))
+    s, w = sched.listening_at(ts("2026-06-08T15:00:00+08:00"))
     assert s is eng and w.end == ts("2026-06-08T15:20:00+08:00")
-    t = sched.next_transition(ts("2026-06-08T14:45:00+08:00"))
-    assert (t.session, t.what, t.at) == (eng, "start", ts("2026-06-08T15:00:00+08:00"))
-    assert sched.next_transition(ts("2026-06-08T15:00:00+08:00")).what == "listening_end"
-    assert sched.next_transition(ts("2026-06-07T00:00:00+08:00")).what == "entry_opens"
-    assert sched.next_transition(ts("2026-06-08T17:00:00+08:00")) is None
+    assert sched.listening_at(ts("2026-06-08T15:19:59+08:00")) == (eng, w)
+    assert sched.listening_at(ts("2026-06-08T15:20:00+08:00")) is None  # the end is outside
+    assert sched.get("chn-am").listening == ()
+    assert sched.listening_at(ts("2026-06-07T09:10:00+08:00")) is None
 
 
 def test_empty_schedule():
     s = parse_sessions([], "agent.toml")
-    assert s.phase(0) == (None, Phase.ENDED) and s.next_transition(0) is None
+    assert s.phase(0) == (None, Phase.ENDED) and s.listening_at(0) is None and s.get("x") is None
 
 
 def test_naive_and_bad_times_are_errors():

@@ -67,11 +67,6 @@ class VirtualCard:
             self._thread.join(timeout=5)
             self._thread = None
 
-    @property
-    def connected(self) -> bool:
-        """False once vpcd closed the connection (e.g. pcscd died)."""
-        return self._thread is not None and self._thread.is_alive()
-
     def answer(self, apdu: bytes) -> bytes:
         self.apdus.append(apdu)
         data = self.answers.get(apdu)
