@@ -1,28 +1,140 @@
 """CLI subcommands for exam work in the room: check-in fallbacks, audio, camera.
 
 Kept apart from cli.py so each file is about one audience: these are what a
-proctor's helper or a technician types during entry and listening.
+proctor's helper or a technician types during entry and listening. Each prints
+a few lines a person reads at the door (local clock times, the masked ID, what
+to do next); ``--json`` prints the agent's reply instead. A manual admission
+that does not admit (duplicate, late, outside the entry window) and a failed
+trial listening exit 1, like a failed self-test: the verdict is recorded, but
+whoever typed the command (or a script) must not take it for a success.
 """
 from __future__ import annotations
 
 import argparse
+from datetime import datetime
 from typing import Any, Callable
+
+Human = Callable[[dict[str, Any]], tuple[str, int]]  # reply -> (text, exit code)
+
+REFUSED = {
+    "duplicate": "already checked in (status {status}); this second admission is flagged",
+    "late_refused": "late: entry closed at {cutoff}",
+    "outside_window": "outside the entry window (phase {phase})",
+}
+
+
+def _clock(ts: Any) -> str:
+    """A time a proctor compares with the wall clock: the box's local time of day."""
+    if not isinstance(ts, (int, float)):
+        return "?"
+    return datetime.fromtimestamp(ts).astimezone().strftime("%H:%M:%S")
+
+
+def checkin_text(d: dict[str, Any]) -> tuple[str, int]:
+    """One check-in verdict as the proctor needs it; exit 1 when nobody was admitted."""
+    verdict = d.get("verdict")
+    who = f"seat {d.get('seat')}, ticket {d.get('ticket')}, ID {d.get('id_masked')}"
+    at = _clock(d.get("time"))
+    by = (f"confirmed by {', '.join(d['proctors'])}" if d.get("proctors")
+          else f"by {d['proctor']}" if d.get("proctor") else f"by {d.get('device')}")
+    photo = d.get("snapshot")
+    tail = [f"photo requested ({photo['tag']})"] if isinstance(photo, dict) and photo.get("tag") else []
+    if verdict == "admitted":
+        head = f"ADMITTED {who} at {at}, {by}" + (" (re-entry)" if d.get("reentry") else "")
+        if d.get("sweep_required"):
+            tail.insert(0, "next: metal-detector sweep (press clear when done)")
+        return "\n".join([head, *tail]), 0
+    if verdict == "suspect":
+        reason = f": {d['reason']}" if d.get("reason") else ""
+        return "\n".join([f"SUSPECT (存疑) {who} at {at}, {by}{reason}", *tail,
+                          f"two different proctors must confirm: checkin confirm {d.get('seat')} "
+                          "--proctor NAME"]), 0
+    if verdict == "left":
+        return f"LEFT {who} at {at}; coming back needs a new check-in and sweep", 0
+    why = REFUSED.get(str(verdict), "{verdict}").format(
+        cutoff=_clock(d.get("cutoff")), status=d.get("status"), phase=d.get("phase"), verdict=verdict)
+    return "\n".join([f"NOT ADMITTED {who} at {at}, {by}: {why}", *tail]), 1
+
+
+def confirm_text(d: dict[str, Any]) -> tuple[str, int]:
+    if "verdict" in d:  # the second confirmation: the reply is the admission
+        return checkin_text(d)
+    return (f"seat {d.get('seat')}: confirmation {d.get('confirmations')} of {d.get('required')} "
+            f"by {d.get('proctor')} at {_clock(d.get('time'))}; a different proctor must confirm "
+            "before the candidate is admitted"), 0
+
+
+def _seats(xs: Any) -> str:
+    return ", ".join(map(str, xs or [])) or "none"
+
+
+def state_text(d: dict[str, Any]) -> tuple[str, int]:
+    lines = [f"room {d.get('room')}, session {d.get('session') or 'none'}, phase {d.get('phase')}"
+             + (", listening now" if d.get("listening") else ""),
+             f"present {d.get('present')} of {d.get('total')} (admitted {d.get('admitted')}, "
+             f"suspect {d.get('suspect')}, stepped out {d.get('out')}), absent {d.get('absent')}",
+             f"waiting for a sweep: {_seats(d.get('pending_sweep'))}",
+             f"late refused: {_seats(d.get('late_refused'))}",
+             f"attendance sent: {'yes' if d.get('attendance_sent') else 'no'}, "
+             f"session record written: {'yes' if d.get('record_written') else 'no'}"]
+    if d.get("journal_skipped"):
+        lines.append(f"WARNING: {d['journal_skipped']} unreadable journal lines were skipped at start-up")
+    return "\n".join(lines), 0
+
+
+def snapshot_text(d: dict[str, Any]) -> tuple[str, int]:
+    return (f"snapshot kept on the box: {d.get('file')} ({d.get('bytes')} bytes, "
+            f"sha256 {str(d.get('sha256'))[:16]}…) at {d.get('ts')}"), 0
+
+
+def switch_text(d: dict[str, Any]) -> tuple[str, int]:
+    if not d.get("changed"):
+        return f"audio source already {d.get('source')}", 0
+    return f"audio source switched from {d.get('previous')} to {d.get('source')}", 0
+
+
+def trial_text(d: dict[str, Any]) -> tuple[str, int]:
+    ok = bool(d.get("pass"))
+    silences = d.get("silences") or []
+    clip = (d.get("clipping") or {}).get("seconds")
+    lines = [f"trial listening on {d.get('device')} ({d.get('source')} source): {'PASS' if ok else 'FAIL'}",
+             f"  {d.get('measured_s')} of {d.get('seconds')} s measured, mean {d.get('mean_dbfs')} dBFS, "
+             f"peak {d.get('peak_dbfs')} dBFS",
+             f"  silences: {len(silences)}" + "".join(
+                 f"\n    at +{s.get('offset_s')} s for {s.get('duration_s')} s" for s in silences),
+             f"  clipping: {f'{clip} s' if clip else 'none'}"]
+    if d.get("problems"):
+        lines.append(f"  problems: {', '.join(map(str, d['problems']))}")
+    lines.append(f"report {d.get('file')}; {d.get('record')}")
+    return "\n".join(lines), 0 if ok else 1
 
 
 def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callable) -> None:
+    def run(a: argparse.Namespace, cmd: str, args: dict[str, Any], human: Human,
+            timeout: float = 30.0) -> int:
+        resp = call(a, cmd, timeout=timeout, **{k: v for k, v in args.items() if v is not None})
+        if not resp.get("ok"):
+            return reply(resp)
+        text, code = human(resp)
+        return reply(resp, None if a.json else text) or code
+
     def leaf(parent: Any, name: str, help: str, cmd: str,
              build: Callable[[argparse.Namespace], dict[str, Any]],
-             setup: Callable[[argparse.ArgumentParser], None]) -> None:
+             setup: Callable[[argparse.ArgumentParser], None], human: Human) -> None:
         """One subcommand that sends one control-socket command built from its arguments."""
         sp = with_config(parent.add_parser(name, help=help))
         setup(sp)
-        sp.set_defaults(fn=lambda a: reply(call(a, cmd, **{k: v for k, v in build(a).items() if v is not None})))
+        sp.add_argument("--json", action="store_true", help="print the agent's reply as JSON")
+        sp.set_defaults(fn=lambda a: run(a, cmd, build(a), human))
 
-    ck = sub.add_parser("checkin", help="check-in fallbacks when a card cannot be read, suspects, leaving")
+    ck = sub.add_parser("checkin", help="check-in fallbacks when a card cannot be read, suspects, leaving",
+                        description="Exit 0: done as asked; 1: refused (the reason is printed; an admission "
+                                    "that does not admit is still recorded); 2: usage or config error.")
     cks = ck.add_subparsers(dest="checkin_command", required=True)
 
-    def checkin(name: str, help: str, cmd: str, build: Callable, setup: Callable) -> None:
-        leaf(cks, name, help, cmd, build, setup)
+    def checkin(name: str, help: str, cmd: str, build: Callable, setup: Callable,
+                human: Human = checkin_text) -> None:
+        leaf(cks, name, help, cmd, build, setup, human)
 
     def admit_args(sp: argparse.ArgumentParser) -> None:
         g = sp.add_mutually_exclusive_group(required=True)
@@ -48,24 +160,34 @@ def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callabl
         sp.add_argument("--proctor", required=True, help="two different proctors must confirm")
 
     checkin("confirm", "confirm a suspect's identity (two different proctors admit)", "checkin_confirm",
-            lambda a: {"seat": a.seat, "proctor": a.proctor}, confirm_args)
+            lambda a: {"seat": a.seat, "proctor": a.proctor}, confirm_args, confirm_text)
     checkin("leave", "a candidate leaves the room (re-entry needs a new sweep)", "checkin_leave",
             lambda a: {"seat": a.seat}, lambda sp: sp.add_argument("seat"))
     checkin("state", "check-in counts, phase and pending sweeps", "checkin_state", lambda a: {},
-            lambda sp: None)
+            lambda sp: None, state_text)
 
     au = sub.add_parser("audio", help="unified audio source: switch source, trial listening")
     aus = au.add_subparsers(dest="audio_command", required=True)
-    sp = with_config(aus.add_parser("switch", help="switch the relay to the primary or backup source"))
-    sp.add_argument("source", choices=["primary", "backup"])
-    sp.add_argument("--device")
-    sp.set_defaults(fn=lambda a: reply(call(a, "audio_switch", source=a.source,
-                                            **({"device": a.device} if a.device else {}))))
-    sp = with_config(aus.add_parser("trial", help="trial listening (试听): measure the feed and report"))
-    sp.add_argument("seconds", type=float, nargs="?", default=10.0)
-    sp.add_argument("--device")
-    sp.set_defaults(fn=lambda a: reply(call(a, "trial_listening", timeout=a.seconds + 30, seconds=a.seconds,
-                                            **({"device": a.device} if a.device else {}))))
+
+    def switch_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("source", choices=["primary", "backup"])
+        sp.add_argument("--device")
+
+    leaf(aus, "switch", "switch the relay to the primary or backup source", "audio_switch",
+         lambda a: {"source": a.source, "device": a.device}, switch_args, switch_text)
+
+    def trial_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("seconds", type=float, nargs="?", default=10.0)
+        sp.add_argument("--device")
+
+    sp = with_config(aus.add_parser("trial", help="trial listening (试听): measure the feed and report",
+                                    description="Exit 0: the feed passed; 1: it failed (silence, "
+                                                "clipping, incomplete) or the agent refused."))
+    trial_args(sp)
+    sp.add_argument("--json", action="store_true", help="print the agent's report as JSON")
+    sp.set_defaults(fn=lambda a: run(a, "trial_listening", {"seconds": a.seconds, "device": a.device},
+                                     trial_text, timeout=a.seconds + 30))
 
     leaf(sub, "snapshot", "take a camera snapshot kept on the box", "snapshot",
-           lambda a: {"tag": a.tag}, lambda sp: sp.add_argument("tag", nargs="?", default="manual"))
+         lambda a: {"tag": a.tag}, lambda sp: sp.add_argument("tag", nargs="?", default="manual"),
+         snapshot_text)
