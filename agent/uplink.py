@@ -191,8 +191,10 @@ class Uplink:
     # -- waking the loop ----------------------------------------------------
     def _wakeup(self) -> None:
         # The flag spares a syscall per event while the loop is busy anyway. No wake is
-        # lost: the loop clears the flag before it reads the pair, and looks at the
-        # hand-over after that, so whatever was queued before a skipped send is seen.
+        # lost: the loop empties the pair, then clears the flag, then looks at the
+        # hand-over, so whatever was queued before a skipped send is seen. (Clearing
+        # first would let a byte sent in between be swallowed with the flag left set:
+        # every later wake skipped, the loop down to its idle polling.)
         if self._woken or self._wake_w is None:
             return
         self._woken = True
@@ -202,12 +204,12 @@ class Uplink:
             pass
 
     def _drain_wake(self) -> None:
-        self._woken = False
         try:
             assert self._wake_r is not None
             self._wake_r.recv(4096)
         except (BlockingIOError, OSError):
             pass
+        self._woken = False
 
     # -- the loop thread ----------------------------------------------------
     def _forever(self) -> None:
@@ -387,8 +389,10 @@ class Uplink:
         self._inflight.clear()
         self._last = 0
         self._probe.clear()
-        client.publish(self.topic("status"), _dumps(self.birth(self.session)), qos=1, retain=True)
+        # Subscribe before the birth: the broker handles one connection's packets in order,
+        # so whoever sees "online" can send a command and it will not fall on deaf ears.
         client.subscribe([(self.topic("cmd/+"), 1), (f"{self.broadcast}/cmd/+", 1)])
+        client.publish(self.topic("status"), _dumps(self.birth(self.session)), qos=1, retain=True)
         log.info("connected to %s:%s, session %d", self.cfg["host"], self.cfg["port"], self.session)
         self._set_connected(True)
 
