@@ -155,7 +155,7 @@ class Uplink:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._wakeup()
+        self._wakeup(force=True)
         if self._thread is not None:
             self._thread.join(self.stop_timeout_s + 2)
         for s in (self._wake_r, self._wake_w):
@@ -189,13 +189,17 @@ class Uplink:
         return self._thread is not None and self._thread.is_alive()
 
     # -- waking the loop ----------------------------------------------------
-    def _wakeup(self) -> None:
+    def _wakeup(self, force: bool = False) -> None:
         # The flag spares a syscall per event while the loop is busy anyway. No wake is
         # lost: the loop empties the pair, then clears the flag, then looks at the
         # hand-over, so whatever was queued before a skipped send is seen. (Clearing
         # first would let a byte sent in between be swallowed with the flag left set:
         # every later wake skipped, the loop down to its idle polling.)
         if self._woken or self._wake_w is None:
+            return
+        if self._inflight and not force:
+            # a PUBACK is coming and will wake the loop, which then fills the window from
+            # the hand-over: a wake per event cost a syscall and a loop turn each
             return
         self._woken = True
         try:
