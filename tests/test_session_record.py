@@ -1,0 +1,339 @@
+"""The session's record: attendance at the cutoff, the record files and the published record,
+the journal that survives a restart, clock steps on the record."""
+import csv
+import json
+
+import pytest
+
+from agent.checkin import AmbiguousCandidate, CheckinError, CheckinStation, SameProctor, UnknownSeat
+from agent.monitors import ClockWatch
+from drivers.events import CardPresented, ClockState, MetalAlarm, SweepButton
+from drivers.gb11643 import mask_id
+
+from tests.checkin_station import (ENG_START, FULL_ID, ID, MATH_CUTOFF, MATH_END, MATH_START,  # noqa: F401 (fixtures by name)
+                                   NAMES, OUTSIDER, UID1, Clock, card, clock, doc_schemas, emitted,
+                                   kinds, make, make_id, plan, schedule, ts)
+
+
+def read_record(tmp_path, session="math-am"):
+    """The local record files: the JSON document and the CSV rows."""
+    doc = json.loads((tmp_path / "records" / f"{session}-12.json").read_text(encoding="utf-8"))
+    with open(tmp_path / "records" / f"{session}-12.csv", encoding="utf-8-sig", newline="") as f:
+        return doc, list(csv.DictReader(f))
+
+
+def test_unassociated_sweeps_before_the_first_checkin_are_on_the_record(make, emitted, clock, tmp_path):
+    """A proctor tests the detector as entry opens, before anyone has checked in: the session
+    has no state yet, and the sweeps must still reach its record (event, JSON and CSV)."""
+    clock.t = ts("2026-06-07T08:20:00")
+    st = make()
+    early = st.on_sweep_button(SweepButton("det", button="clear"))  # before entry: on no record
+    assert (early["session"], early["unassociated"]) == (None, True)
+    clock.t = ts("2026-06-07T08:30:00")  # entry opens
+    a = st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.on_metal_alarm(MetalAlarm("det", active=False))
+    clock.t += 3
+    c = st.on_sweep_button(SweepButton("det", button="clear"))
+    assert (a["session"], a["trigger"], c["session"], c["trigger"]) == ("math-am", "alarm", "math-am", "clear")
+    st.on_card(card(1))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.tick(MATH_END)
+    (rec,) = kinds(emitted, "session_record")
+    assert rec["sweeps"]["unassociated"] == 2 and rec["sweeps"]["closed"] == 1
+    assert rec["unassociated_sweeps"] == [
+        {"trigger": "alarm", "device": "det", "time": ts("2026-06-07T08:30:00")},
+        {"trigger": "clear", "device": "det", "time": ts("2026-06-07T08:30:03")}]
+    doc, rows = read_record(tmp_path)
+    assert doc["summary"]["sweeps"]["unassociated"] == 2
+    assert [s["trigger"] for s in doc["sweeps"] if s["unassociated"]] == ["alarm", "clear"]
+    un = [r for r in rows if r["record"] == "unassociated_sweep"]
+    assert [(r["time"], r["detail"]) for r in un] == [
+        ("2026-06-07T08:30:00+08:00", "alarm on det with no candidate pending"),
+        ("2026-06-07T08:30:03+08:00", "clear on det with no candidate pending")]
+
+
+def test_manual_admission_by_seat_last6_and_ticket(make, emitted):
+    st = make()
+    d = st.manual_admit(seat="01", proctor="P1")
+    assert (d["verdict"], d["seat"], d["method"], d["proctor"], d["lookup"]) == \
+        ("admitted", "1", "manual", "P1", "seat")
+    assert st.manual_admit(id_last6=ID[3][-6:], proctor="P1")["seat"] == "3"
+    assert st.manual_admit(ticket_tail="0002", proctor="P2")["seat"] == "2"
+    before = list(emitted)
+    with pytest.raises(AmbiguousCandidate) as e:
+        st.manual_admit(id_last6=ID[4][-6:], proctor="P1")
+    assert e.value.seats == ["4", "5"] and "4, 5" in str(e.value)
+    with pytest.raises(UnknownSeat):
+        st.manual_admit(seat=99, proctor="P1")
+    with pytest.raises(UnknownSeat):
+        st.manual_admit(id_last6="999999", proctor="P1")
+    with pytest.raises(CheckinError):
+        st.manual_admit(seat=4, proctor=" ")
+    with pytest.raises(CheckinError):
+        st.manual_admit(seat=4, id_last6=ID[4][-6:], proctor="P1")
+    with pytest.raises(CheckinError):
+        st.manual_admit(id_last6="12", proctor="P1")
+    assert emitted == before and st.state()["admitted"] == 3
+
+
+def test_suspect_needs_two_different_proctors(make, emitted):
+    st = make()
+    d = st.mark_suspect(4, "P1", f"photo does not match {ID[4]} {NAMES[4]}")
+    assert d["verdict"] == "suspect" and d["snapshot"] == {"pending": True, "tag": "suspect-math-am-4"}
+    assert mask_id(ID[4]) in d["reason"] and "***" in d["reason"]
+    assert st.on_card(card(4))["verdict"] == "duplicate"
+    with pytest.raises(CheckinError):
+        st.mark_suspect(4, "P1", "again")
+    c1 = st.confirm(4, "P1")
+    assert (c1["confirmations"], c1["required"], c1["passed"]) == (1, 2, False)
+    with pytest.raises(SameProctor):
+        st.confirm(4, "P1")
+    assert st.state()["suspect"] == 1 and st.state()["pending_sweep"] == []
+    a = st.confirm(4, "P2")
+    assert a["verdict"] == "admitted" and a["proctors"] == ["P1", "P2"] and a["method"] == "manual"
+    assert [x["passed"] for x in kinds(emitted, "suspect_confirm")] == [False, True]
+    assert st.state()["pending_sweep"] == ["4"]
+    with pytest.raises(CheckinError):
+        st.confirm(4, "P3")
+
+
+def test_free_text_is_scrubbed_of_every_name_and_full_id(make, emitted):
+    """A proctor's reason names the neighbour and reads out a number: none of it leaves."""
+    st = make()
+    d = st.mark_suspect(4, "P1", f"{NAMES[4]} has the card of {NAMES[5]} ({ID[5]}), {NAMES[1]} saw it")
+    assert d["reason"] == f"*** has the card of *** ({mask_id(ID[5])}), *** saw it"
+    s = st.mark_suspect(3, f"{NAMES[2]}'s proctor {ID[2]}", "no photo match")
+    assert s["proctor"] == f"***'s proctor {mask_id(ID[2])}"  # a signature is free text too
+    assert st.manual_admit(seat=1, proctor=f"P2 for {NAMES[1]}")["proctor"] == "P2 for ***"
+    assert st.scrub(f"{NAMES[3]}{NAMES[3]} {ID[3].lower()}") == f"****** {mask_id(ID[3])}"
+    published = json.dumps([x for _, x in emitted], ensure_ascii=False)
+    assert "***" in published and not any(n in published for n in NAMES.values())
+
+
+def test_suspect_already_swept_is_not_swept_again(make):
+    st = make()
+    st.on_card(card(1))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.mark_suspect(1, "P1", "looks different from the photo")
+    st.confirm(1, "P1")
+    assert st.confirm(1, "P2")["sweep_required"] is False
+    assert st.state()["pending_sweep"] == []
+
+
+def test_reentry_needs_a_new_sweep_even_after_cutoff(make, clock, emitted):
+    st = make()
+    st.on_card(card(1))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    clock.t = MATH_CUTOFF + 600
+    assert st.leave(1)["verdict"] == "left"
+    assert st.state()["out"] == 1
+    with pytest.raises(CheckinError):
+        st.leave(1)
+    d = st.on_card(CardPresented("pcsc0", uid=UID1))
+    assert d["verdict"] == "admitted" and d["reentry"] is True
+    assert st.state()["pending_sweep"] == ["1"]
+    st.leave(1)  # left again before being swept
+    s = kinds(emitted, "sweep")[-1]
+    assert (s["seat"], s["result"]) == ("1", "left_before_clear")
+    assert st.manual_admit(seat=1, proctor="P1")["reentry"] is True
+    assert st.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"
+
+
+def test_attendance_exactly_once_at_cutoff(make, clock, emitted):
+    clock.t = ts("2026-06-07T08:20:00")  # running since before entry opened: attendance is complete
+    st = make()
+    clock.t = ts("2026-06-07T08:40:00")
+    st.on_card(card(1))
+    st.manual_admit(seat=2, proctor="P1")
+    st.mark_suspect(3, "P1", "no photo match")
+    st.tick(MATH_CUTOFF - 0.001)
+    assert kinds(emitted, "attendance") == []
+    st.tick(MATH_CUTOFF)
+    st.tick(MATH_CUTOFF + 1)
+    (att,) = kinds(emitted, "attendance")
+    assert att == {**att, "session": "math-am", "room": "12", "total": 5, "present": 3,
+                   "absent": ["4", "5"], "late_refused": [], "manual_admissions": 1,
+                   "suspects": ["3"], "pending_sweep": ["1", "2"], "complete": True}
+
+
+def test_session_record_files(make, clock, emitted, tmp_path):
+    st = make()
+    st.on_card(card(1))
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.on_sweep_button(SweepButton("det", button="recheck"))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.on_card(card(2))  # never cleared
+    clock.t = MATH_START + 60
+    assert st.add_incident({"type": "audio_loss", "time": MATH_START + 30, "duration_s": 4.5}) == "math-am"
+    with pytest.raises(CheckinError):
+        st.add_incident({"bad": object()})
+    st.tick(MATH_END)
+    st.tick(MATH_END + 5)
+    (rec,) = kinds(emitted, "session_record")
+    assert rec["present"] == 2 and rec["absent"] == ["3", "4", "5"]
+    assert rec["incidents"] == [{"type": "audio_loss", "start": MATH_START + 30, "end": MATH_START + 34.5,
+                                 "duration_s": 4.5, "recorded_at": MATH_START + 60}]
+    assert rec["sweeps"]["not_cleared"] == 1 and rec["sweeps"]["with_alarm"] == 1
+    assert kinds(emitted, "sweep")[-1]["result"] == "not_cleared"
+    assert [f["file"] for f in rec["files"]] == ["math-am-12.json", "math-am-12.csv"]
+    doc, rows = read_record(tmp_path)
+    cands = {c["seat"]: c for c in doc["candidates"]}
+    assert cands["1"]["name"] == NAMES[1] and cands["1"]["id_masked"] == mask_id(ID[1])
+    assert cands["1"]["sweep_results"] == ["alarm_cleared_after_recheck"] and cands["4"]["status"] == "absent"
+    assert doc["incidents"][0]["type"] == "audio_loss" and doc["session"]["cutoff"] == "2026-06-07T09:15:00+08:00"
+    by_seat = {r["seat"]: r for r in rows if r["record"] == "candidate"}
+    assert by_seat["1"]["admitted_at"] == "2026-06-07T08:40:00+08:00" and by_seat["1"]["alarms"] == "1"
+    assert by_seat["2"]["medical_metal"] == "yes" and by_seat["2"]["sweep_results"] == "not_cleared"
+    assert by_seat["5"]["status"] == "absent" and by_seat["5"]["name"] == NAMES[5]
+    assert [r["record"] for r in rows].count("incident") == 1
+    for path in (tmp_path / "records").iterdir():
+        assert not FULL_ID.search(path.read_text(encoding="utf-8-sig"))
+    assert st.add_incident({"type": "late"}) is None  # record closed: the morning record is final
+
+
+def test_published_record_has_every_seat_without_names_or_full_ids(make, clock, emitted):
+    """The site gets the record card's rows from the event alone: who sat where, when, how
+    checked and swept, re-checks, refusals, strangers at the door; never a name or full ID."""
+    st = make()
+    t0 = clock.t
+    st.on_card(card(1))
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.on_metal_alarm(MetalAlarm("det", active=False))
+    st.on_sweep_button(SweepButton("det", button="recheck"))
+    clock.t = t0 + 20
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.on_card(card(1))  # duplicate
+    clock.t = t0 + 30
+    st.on_card(card(1, id_number=OUTSIDER))  # another room's candidate
+    st.manual_admit(seat=2, proctor="P1")
+    st.mark_suspect(3, "P1", f"photo is not {NAMES[3]}")
+    st.confirm(3, "P1")
+    clock.t = t0 + 40
+    st.confirm(3, "P2")
+    st.leave(2)  # before being swept
+    clock.t = MATH_CUTOFF + 60
+    st.on_card(card(4))  # late
+    st.tick(MATH_END)
+    (rec,) = kinds(emitted, "session_record")
+    seats = {r["seat"]: r for r in rec["seats"]}
+    assert list(seats) == ["1", "2", "3", "4", "5"]
+    assert seats["1"] == {"seat": "1", "ticket": "20260001", "id_masked": mask_id(ID[1]), "status": "present",
+                        "admitted_at": t0, "method": "card", "reentries": 0, "rechecks": 1,
+                        "suspect_confirmed_by": [],
+                             "checkins": [{"verdict": "admitted", "time": t0, "method": "card"},
+                                     {"verdict": "duplicate", "time": t0 + 20, "method": "card"}],
+                        "sweeps": [{"result": "alarm_cleared_after_recheck", "alarms": 1, "rechecks": 1,
+                                    "started": t0, "cleared": t0 + 20, "medical_metal_exempt": False}]}
+    verdicts = {seat: [c["verdict"] for c in row["checkins"]] for seat, row in seats.items()}
+    assert verdicts == {"1": ["admitted", "duplicate"], "2": ["admitted", "left"], "3": ["suspect", "admitted"],
+                        "4": ["late_refused"], "5": []}
+    assert seats["2"]["method"] == "manual" and seats["2"]["sweeps"][0]["result"] == "left_before_clear"
+    assert seats["3"]["suspect_confirmed_by"] == ["P1", "P2"] and seats["3"]["admitted_at"] == t0 + 40
+    assert seats["3"]["sweeps"][0]["result"] == "not_cleared"  # admitted at t0+40, never swept
+    assert (seats["4"]["status"], seats["4"]["admitted_at"], seats["4"]["method"]) == ("absent", None, None)
+    assert seats["4"]["checkins"][0]["time"] == MATH_CUTOFF + 60 and seats["5"]["sweeps"] == []
+    assert rec["unmatched_checkins"] == [{"verdict": "not_in_room", "time": t0 + 30, "method": "card",
+                                          "device": "idreader", "id_masked": mask_id(OUTSIDER)}]
+    text = json.dumps(rec, ensure_ascii=False)  # the scan is not vacuous: the masked numbers are there
+    assert all(mask_id(ID[n]) in text for n in NAMES) and mask_id(OUTSIDER) in text
+    assert not FULL_ID.search(text) and not any(n in text for n in NAMES.values())
+    assert all("name" not in row for row in rec["seats"])  # the key, not only the value
+
+
+def test_journal_replay_after_restart(make, clock, emitted, tmp_path):
+    st = make()
+    st.on_card(card(1))
+    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.on_card(card(3))
+    st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.mark_suspect(4, "P1", "photo")
+    st.confirm(4, "P1")
+    clock.t = MATH_CUTOFF
+    st.tick(clock.t)
+    with open(tmp_path / "checkin.journal", "a") as f:
+        f.write('{"session": "math-am", "kind": "che')  # power lost mid-write
+    n_att = len(kinds(emitted, "attendance"))
+
+    again = make()  # the daemon restarts
+    assert again.journal_skipped == 1
+    s = again.state()
+    assert (s["admitted"], s["suspect"], s["pending_sweep"], s["attendance_sent"]) == (1 + 1, 1, ["3"], True)
+    again.tick(clock.t + 10)
+    assert len(kinds(emitted, "attendance")) == n_att
+    assert again.on_card(card(1))["verdict"] == "duplicate"
+    with pytest.raises(SameProctor):
+        again.confirm(4, "P1")
+    assert again.confirm(4, "P2")["verdict"] == "admitted"
+    sw = again.on_sweep_button(SweepButton("det", button="clear"))
+    assert (sw["seat"], sw["alarms"]) == ("3", 1)
+
+
+def test_no_attendance_for_a_session_never_observed(make, clock, emitted):
+    clock.t = MATH_END + 3600
+    st = make(journal=False)
+    st.tick(clock.t)
+    assert emitted == []
+
+
+def test_restart_without_journal_marks_attendance_incomplete(make, clock, emitted):
+    clock.t = MATH_START
+    st = make(journal=False)
+    st.tick(MATH_CUTOFF)
+    (att,) = kinds(emitted, "attendance")
+    assert att["complete"] is False
+
+
+def test_camera_fault_does_not_block_the_door(plan, schedule, emitted, clock, tmp_path):
+    def broken(tag, about):
+        raise OSError("camera gone")
+
+    st = CheckinStation(plan, schedule, lambda k, d: emitted.append((k, d)), clock, tmp_path, snapshot=broken)
+    with pytest.raises(RuntimeError, match="start"):
+        st.on_card(card(1))
+    st.start()
+    d = st.on_card(card(1))
+    assert d["verdict"] == "admitted" and d["snapshot"] == {"pending": True, "tag": "admitted-math-am-1"}
+    assert kinds(emitted, "checkin") == [d] and st.state()["admitted"] == 1
+    assert st.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"  # the lock was let go
+
+
+def test_state_for_status_command(make, clock):
+    st = make()
+    st.on_card(card(1))
+    clock.t = ENG_START + 60
+    s = st.state()
+    assert (s["session"], s["phase"], s["listening"], s["admitted"], s["absent"]) == \
+        ("eng-pm", "cutoff_passed", True, 0, 5)
+
+
+def test_clock_step_goes_only_on_a_session_open_at_the_step(make, clock, emitted):
+    """Between sessions the room waits for the next one (days ahead, maybe): a step there is
+    only the clock event, never a note on that session's record."""
+    clock.t = ts("2026-06-07T08:00:00")
+    st = make()
+    clocks: list[dict] = []
+    watch = ClockWatch(lambda k, d: clocks.append(d), clock, st.add_incident)
+
+    def step(seconds: float) -> None:
+        watch.on_clock(ClockState("clock", synced=True, offset_s=0.0, source="chrony:ntp1",
+                                  stepped_s=seconds, ts=clock.t))
+
+    step(5.0)  # before math-am's entry opens: on no record
+    clock.t = ts("2026-06-07T08:40:00")
+    step(-3.0)  # entry open
+    clock.t = ts("2026-06-07T08:29:50")
+    step(-20.0)  # set back from 08:30:10 (entry open) to before entry: still during math-am
+    watch.on_clock(ClockState("clock", synced=True, offset_s=0.2, source="chrony:ntp1", ts=clock.t))
+    clock.t = MATH_END
+    st.tick(MATH_END)
+    clock.t = MATH_END + 3600
+    step(2.0)  # after math-am's record, eng-pm is tomorrow: on no record
+    assert st.add_incident({"type": "clock_step"}, during=[MATH_END + 3600]) is None
+    assert [c["stepped_s"] for c in clocks] == [5.0, -3.0, -20.0, None, 2.0]  # every step is published
+    (rec,) = kinds(emitted, "session_record")
+    steps = [(i["type"], i["stepped_s"], i["start"], i["end"], i["duration_s"]) for i in rec["incidents"]]
+    assert steps == [("clock_step", -3.0, ts("2026-06-07T08:40:00"), ts("2026-06-07T08:40:00"), 0.0),
+                     ("clock_step", -20.0, ts("2026-06-07T08:29:50"), ts("2026-06-07T08:29:50"), 0.0)]
+    assert all(i["source"] == "chrony:ntp1" and i["device"] == "clock" for i in rec["incidents"])
+    st.tick(ts("2026-06-08T17:00:00"))  # nor on tomorrow's record, which the old rule picked
+    assert [r["incidents"] for r in kinds(emitted, "session_record") if r["session"] == "eng-pm"] == [[]]
