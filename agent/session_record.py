@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NamedTuple
 
 from agent.schedule import Session
 from agent.seatplan import SeatPlan
@@ -132,18 +132,33 @@ def attendance(state: SessionState, session: Session, plan: SeatPlan, now: float
     }
 
 
-def _candidate_rows(state: SessionState, session: Session, plan: SeatPlan) -> list[dict[str, Any]]:
-    rows = []
+class _SeatFacts(NamedTuple):
+    seat: str
+    candidate: Any
+    mine: list[dict[str, Any]]      # the seat's check-in events
+    admitted: list[dict[str, Any]]  # of which admissions
+    sweeps: list[dict[str, Any]]
+    status: str                     # absent | suspect | present
+
+
+def _seat_facts(state: SessionState, plan: SeatPlan) -> Iterator[_SeatFacts]:
+    """What both the printed card and the published record say of each seat, gathered once."""
     for seat in plan.seats():
         c = plan.by_seat(seat)
         assert c is not None
         mine = [e for e in state.checkins if e.get("seat") == seat]
-        admitted = [e for e in mine if e["verdict"] == "admitted"]
-        sweeps = [s for s in state.sweeps if s.get("seat") == seat and not s.get("unassociated")]
         status = state.seat(seat).status
+        yield _SeatFacts(seat, c, mine, [e for e in mine if e["verdict"] == "admitted"],
+                         [s for s in state.sweeps if s.get("seat") == seat and not s.get("unassociated")],
+                         status if status in ("absent", "suspect") else "present")
+
+
+def _candidate_rows(state: SessionState, session: Session, plan: SeatPlan) -> list[dict[str, Any]]:
+    rows = []
+    for seat, c, mine, admitted, sweeps, status in _seat_facts(state, plan):
         rows.append({
             "seat": seat, "ticket": c.ticket, "name": c.name, "id_masked": c.id_masked,
-            "status": "absent" if status == "absent" else "suspect" if status == "suspect" else "present",
+            "status": status,
             "admitted_at": session.iso(admitted[0]["time"]) if admitted else "",
             "method": admitted[0]["method"] if admitted else "",
             "reentries": sum(1 for e in admitted if e.get("reentry")),
@@ -219,16 +234,10 @@ def _public_incident(inc: dict[str, Any], scrub: Callable[[str], str]) -> dict[s
 def _public_seats(state: SessionState, plan: SeatPlan) -> list[dict[str, Any]]:
     """One row per seat as the printed card has it, minus the name (id_masked identifies)."""
     rows = []
-    for seat in plan.seats():
-        c = plan.by_seat(seat)
-        assert c is not None
-        mine = [e for e in state.checkins if e.get("seat") == seat]
-        admitted = [e for e in mine if e["verdict"] == "admitted"]
-        sweeps = [s for s in state.sweeps if s.get("seat") == seat and not s.get("unassociated")]
-        status = state.seat(seat).status
+    for seat, c, mine, admitted, sweeps, status in _seat_facts(state, plan):
         rows.append({
             "seat": seat, "ticket": c.ticket, "id_masked": c.id_masked,
-            "status": "absent" if status == "absent" else "suspect" if status == "suspect" else "present",
+            "status": status,
             "admitted_at": admitted[0]["time"] if admitted else None,
             "method": admitted[0]["method"] if admitted else None,
             "checkins": [{"verdict": e["verdict"], "time": e["time"], "method": e["method"]} for e in mine],
