@@ -33,6 +33,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.events import Event
 from agent.metrics import Metrics
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CommandHandler = Callable[[str, bytes, Any], None]
 IDLE_WAIT_S = 1.0  # the loop's longest sleep: keep-alive checks need a turn now and then
+GOODBYE_WAIT_S = 3.0  # how long a clean stop waits for the broker to take the offline status
 
 
 def _dumps(payload: dict[str, Any]) -> bytes:
@@ -93,7 +95,6 @@ class Uplink:
         self.session = 0
         self.rtt_ms: float | None = None
         self.rejected = 0  # events the broker refused this run (ACL, size): a person must look
-        self.stop_timeout_s = 3.0
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._client: mqtt.Client | None = None
@@ -155,17 +156,20 @@ class Uplink:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._wakeup(force=True)
+        self._wakeup()
         if self._thread is not None:
-            self._thread.join(self.stop_timeout_s + 2)
+            self._thread.join(GOODBYE_WAIT_S + 2)
         for s in (self._wake_r, self._wake_w):
             if s is not None:
                 s.close()
 
     def offer(self, ev: Event) -> None:
-        """An event was committed to the spool: hand it to the loop and wake it."""
+        """An event was committed to the spool: hand it to the loop, and wake it unless
+        something is in flight: then a PUBACK is coming, and the loop fills the window from
+        the hand-over when it handles it (a wake per event cost a syscall and a turn each)."""
         self._fresh.append(ev)
-        self._wakeup()
+        if not self._inflight:
+            self._wakeup()
 
     def publish_live(self, suffix: str, payload: dict[str, Any], retain: bool = False,
                      probe: bool = False) -> bool:
@@ -189,17 +193,13 @@ class Uplink:
         return self._thread is not None and self._thread.is_alive()
 
     # -- waking the loop ----------------------------------------------------
-    def _wakeup(self, force: bool = False) -> None:
+    def _wakeup(self) -> None:
         # The flag spares a syscall per event while the loop is busy anyway. No wake is
         # lost: the loop empties the pair, then clears the flag, then looks at the
         # hand-over, so whatever was queued before a skipped send is seen. (Clearing
         # first would let a byte sent in between be swallowed with the flag left set:
         # every later wake skipped, the loop down to its idle polling.)
         if self._woken or self._wake_w is None:
-            return
-        if self._inflight and not force:
-            # a PUBACK is coming and will wake the loop, which then fills the window from
-            # the hand-over: a wake per event cost a syscall and a loop turn each
             return
         self._woken = True
         try:
@@ -264,9 +264,14 @@ class Uplink:
                     if not self.connected:
                         return came_up
                     self._say_goodbye(client)
-                    deadline = time.monotonic() + self.stop_timeout_s
-                if self._goodbye_acked or time.monotonic() > deadline:
+                    deadline = time.monotonic() + GOODBYE_WAIT_S
+                if self._goodbye_acked:
                     client.disconnect()
+                    self._io(client, 0.1)  # flush the DISCONNECT if it did not go at once
+                    return came_up
+                if time.monotonic() > deadline:
+                    # the offline status may not have arrived: leave with the Will instead
+                    client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
                     self._io(client, 0.1)  # flush the DISCONNECT if it did not go at once
                     return came_up
             self._flush_outbox(client)
@@ -338,8 +343,13 @@ class Uplink:
         while fresh and fresh[0].seq <= last:
             fresh.popleft()
         batch: list[Event] = []
-        while fresh and len(batch) < room and fresh[0].seq == last + 1 + len(batch):
-            batch.append(fresh.popleft())
+        while fresh and len(batch) < room:
+            # pop, then look: a producer's append to the full deque may push out the head
+            # between a look and a pop; an event popped out of turn is still in the spool
+            ev = fresh.popleft()
+            if ev.seq != last + 1 + len(batch):
+                break
+            batch.append(ev)
         newest = self.spool.last_seq  # read before the batch: all up to it is committed
         if batch or last >= newest:
             return batch
