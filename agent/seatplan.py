@@ -160,8 +160,9 @@ def _csv_header(header: list[str], file: str, room_id: str, problems: list[Probl
     if not header:
         problems.append(Problem(file, "header", expected))
         return False
-    if not any(h in CSV_COLUMNS or _hint(h, CSV_COLUMNS) for h in header):
-        # the first line is a candidate, not a header: never echo it (a name, an ID number)
+    if not any(h in CSV_COLUMNS for h in header):
+        # the first line is a candidate, not a header: never echo it (a name, an ID number).
+        # Exact names only: a candidate's room id "room101" is close enough to "room" for a hint.
         problems.append(Problem(file, "header", "the first line names none of the columns; " + expected))
         return False
     for i, h in enumerate(header, 1):
@@ -192,9 +193,13 @@ def _rows_from_csv(text: str, file: str, room_id: str,
         row = {(k or "").strip(): v for k, v in raw.items()}
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue  # a trailing blank line is not a candidate
-        if None in raw:
+        if None in raw or None in raw.values():
+            # its values sit under the wrong columns (a name read as a ticket): checking them
+            # would echo them in errors, so the row is refused whole, by its shape only
+            n = len(raw.get(None) or []) + sum(1 for v in raw.values() if isinstance(v, str))
             problems.append(Problem(file, f"row {reader.line_num}",
-                                    f"more fields than the {len(header)} columns of the header"))
+                                    f"{n} fields where the header has {len(header)} columns"))
+            continue
         rows.append((f"row {reader.line_num}", row))
     return rows, _csv_room(rows, file, room_id, problems)
 

@@ -110,6 +110,27 @@ def test_a_headerless_csv_is_refused_without_echoing_the_first_row(tmp_path):
     assert ID1[6:14] not in str(e.value) and "张三" not in str(e.value)
 
 
+@pytest.mark.parametrize("room", ["12", "room101"])  # "room101" is a near-miss of "room"
+def test_a_headerless_csv_never_echoes_a_name_whatever_the_room_id(tmp_path, room):
+    with pytest.raises(ConfigError) as e:
+        load_seatplan(write(tmp_path, f"{room},1,T1,王伟,{ID1},,,\n"), room)
+    assert [k for k, _, _ in problems(e)] == ["header"]
+    assert "王伟" not in str(e.value) and ID1[6:14] not in str(e.value)
+
+
+def test_rows_shorter_or_longer_than_the_header_are_refused_by_shape_only(tmp_path):
+    """An old plan upgraded by adding `room` to the header only: every value moves one column
+    left, a name lands under `ticket`; two 王伟 must not come back as 'duplicate ticket 王伟'."""
+    old_rows = f"1,T1,王伟,{ID1},,,\n2,T2,王伟,{ID2},,,\n3,T3,李芳,{ID2[:-4]}0000,,,,,\n"
+    with pytest.raises(ConfigError) as e:
+        load_seatplan(write(tmp_path, HEADER + old_rows), "12")
+    assert [(k, v) for k, v, _ in problems(e)] == [
+        ("row 2", "7 fields where the header has 8 columns"),
+        ("row 3", "7 fields where the header has 8 columns"),
+        ("row 4", "9 fields where the header has 8 columns")]
+    assert "王伟" not in str(e.value) and "李芳" not in str(e.value)
+
+
 def test_a_csv_without_a_room_column_is_refused(tmp_path):
     p = write(tmp_path, "seat,ticket,name,id_number\n" + f"1,T1,A,{ID1}\n")
     with pytest.raises(ConfigError) as e:
