@@ -264,9 +264,15 @@ class CheckinStation:
         return found[0]
 
     def _proctor(self, proctor: str) -> str:
-        p = self.scrub((proctor or "").strip())
+        """A signature goes on the record and to the aggregator as typed, so one that holds a
+        candidate's name or a full ID number is refused, not rewritten: scrubbed, two proctors
+        signing with names would both read *** and count as one."""
+        p = (proctor or "").strip()
         if not p:
             raise CheckinError("proctor: expected who is doing this (it is signed on the record)")
+        if self.scrub(p) != p:
+            raise CheckinError("proctor: the signature contains a candidate's name or an ID number, "
+                               "which may not leave the room; sign with your staff number or initials")
         return p
 
     def _open_session(self, now: float) -> tuple[Session, Phase]:

@@ -61,7 +61,7 @@ class Commands:
         text = self.agent.room.scrub(_text(args, "text", MAX_NOTE))
         data = {"text": text}
         if args.get("author"):
-            data["author"] = _text(args, "author", 100)
+            data["author"] = self.agent.room.scrub(_text(args, "author", 100))
         ev = self.agent.emit("note", data)
         return {"id": ev.id, "seq": ev.seq}
 

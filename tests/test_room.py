@@ -84,7 +84,8 @@ def _entry(door: Door, room: Room, out: dict) -> None:
         "checkin_confirm", seat="10", proctor="proctor-B"))
     out["sweeps"]["10"] = door.clear()
     seen["note"] = door.next_event("note", lambda: door.do(
-        "note", text=f"{c['3'].name} ({c['3'].id_number}) asked for water"))
+        "note", text=f"{c['3'].name} ({c['3'].id_number}) asked for water",
+        author=f"proctor of {c['4'].name}"))
     print(f"entry done {room.times['cutoff'] - time.time():.1f} s before the cutoff")
     assert time.time() < room.times["cutoff"], "entry took longer than the compressed timeline allows"
     w = door.w
@@ -142,6 +143,7 @@ def test_checkin_run(checkin_run):
     assert photo_of(checkin_run, sus)["for"]["verdict"] == "suspect"
     assert sus["reason"] == f"photo unclear: *** {c['10'].id_masked}, or is it ***?"  # every name, not only hers
     assert ck["note"]["text"] == f"*** ({c['3'].id_masked}) asked for water"  # a proctor's note, scrubbed
+    assert ck["note"]["author"] == "proctor of ***"
     assert c["10"].id_number not in sus["reason"] and "photo unclear" in sus["reason"]
     first = ck["10-confirm-A"]
     assert (first["seat"], first["confirmations"], first["required"], first["passed"]) == ("10", 1, 2, False)

@@ -97,14 +97,27 @@ def test_suspect_needs_two_different_proctors(make, emitted):
         st.confirm(4, "P3")
 
 
+def test_a_signature_holding_a_name_or_an_id_is_refused_not_rewritten(make, emitted):
+    """Rewritten to ***, two proctors who signed with names would count as one."""
+    st = make()
+    for bad in (f"{NAMES[2]}'s proctor", f"P2 {ID[2]}"):
+        with pytest.raises(CheckinError, match="staff number or initials"):
+            st.mark_suspect(3, bad, "no photo match")
+        with pytest.raises(CheckinError, match="staff number or initials"):
+            st.manual_admit(seat=1, proctor=bad)
+    assert emitted == []
+    st.mark_suspect(3, "P1", "no photo match")
+    st.confirm(3, "P1")
+    with pytest.raises(SameProctor):
+        st.confirm(3, "P1")
+    assert st.confirm(3, "P2")["verdict"] == "admitted"  # two different proctors
+
+
 def test_free_text_is_scrubbed_of_every_name_and_full_id(make, emitted):
     """A proctor's reason names the neighbour and reads out a number: none of it leaves."""
     st = make()
     d = st.mark_suspect(4, "P1", f"{NAMES[4]} has the card of {NAMES[5]} ({ID[5]}), {NAMES[1]} saw it")
     assert d["reason"] == f"*** has the card of *** ({mask_id(ID[5])}), *** saw it"
-    s = st.mark_suspect(3, f"{NAMES[2]}'s proctor {ID[2]}", "no photo match")
-    assert s["proctor"] == f"***'s proctor {mask_id(ID[2])}"  # a signature is free text too
-    assert st.manual_admit(seat=1, proctor=f"P2 for {NAMES[1]}")["proctor"] == "P2 for ***"
     assert st.scrub(f"{NAMES[3]}{NAMES[3]} {ID[3].lower()}") == f"****** {mask_id(ID[3])}"
     published = json.dumps([x for _, x in emitted], ensure_ascii=False)
     assert "***" in published and not any(n in published for n in NAMES.values())
