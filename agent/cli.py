@@ -56,6 +56,11 @@ def _call(args: argparse.Namespace, cmd: str, timeout: float = 30.0, **kw: Any) 
     return call(cfg.control["socket"], cmd, timeout=getattr(args, "timeout", None) or timeout, **kw)
 
 
+def _with_timeout(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sp.add_argument("--timeout", type=_seconds, metavar="S", help="give up on a hung agent after S s (default 30)")
+    return sp
+
+
 def _preflight(cfg: Any, as_service: bool) -> Any:
     """Everything check-config checks beyond the file itself, as one ConfigError: the paths
     the agent writes and the seat plan. ``run`` passes it before it opens anything, so the
@@ -180,14 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "may be missing; see docs/deployment.md).")
     sp.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
     sp.set_defaults(fn=cmd_check)
-    sp = with_config(sub.add_parser("status", help="state of the running agent"))
+    sp = _with_timeout(with_config(sub.add_parser("status", help="state of the running agent")))
     sp.add_argument("--json", action="store_true")
-    sp.add_argument("--timeout", type=_seconds, metavar="S", help="give up on a hung agent after S s (default 30)")
     sp.set_defaults(fn=cmd_status)
-    sp = with_config(sub.add_parser("note", help="record a note that travels to the aggregator"))
+    sp = _with_timeout(with_config(sub.add_parser("note", help="record a note that travels to the aggregator")))
     sp.add_argument("text", nargs="+")
     sp.add_argument("--author")
-    sp.add_argument("--timeout", type=_seconds, metavar="S", help="give up on a hung agent after S s (default 30)")
     sp.set_defaults(fn=cmd_note)
     selftest_cli.add_command(sub, with_config)
     sp = with_config(sub.add_parser("sim", help="act out hardware on simulated devices",

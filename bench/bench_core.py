@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import parse  # noqa: E402
-from agent.control import AgentNotRunning, call  # noqa: E402
+from agent.control import AgentUnreachable, call  # noqa: E402
 from agent.localbroker import Broker  # noqa: E402
 from agent.metrics import Metrics  # noqa: E402
 from agent.spool import Spool  # noqa: E402
@@ -166,7 +166,7 @@ def wait_ready(sock: Path, proc: subprocess.Popen, timeout: float = 30) -> None:
         try:
             if call(str(sock), "status", timeout=2)["broker"]["connected"]:
                 return
-        except AgentNotRunning:
+        except AgentUnreachable:  # not listening yet, or busy starting
             pass
         time.sleep(0.05)  # polling a process we do not own: nothing to wait on
     raise RuntimeError("the idle agent did not connect in time")

@@ -139,10 +139,16 @@ class Collector:
         return [(e.previous, e.state, round(e.since - T0, 3)) for e in self.of(AudioStateChanged)]
 
 
-def run_alsa(device: str, seconds: int, **options: Any) -> Collector:
+def run_alsa(device: str, seconds: int, clock: Callable[[], float] = fixed_clock,
+             on_levels: Callable[[Collector, AudioLevels], None] | None = None,
+             **options: Any) -> Collector:
+    """Feed ``device`` through the real ALSA backend for ``seconds`` of audio. ``clock`` is the
+    wall clock (the monotonic one is fixed); ``on_levels`` runs in the capture thread."""
     bus = Bus()
     col = Collector(bus, seconds)
-    drv = AlsaAudioMonitor("audio", {"device": device, **options}, bus, clock=fixed_clock,
+    if on_levels is not None:
+        bus.subscribe(AudioLevels, lambda ev: on_levels(col, ev))
+    drv = AlsaAudioMonitor("audio", {"device": device, **options}, bus, clock=clock,
                            monotonic=fixed_clock)
     drv.start()
     try:
@@ -503,21 +509,12 @@ def test_wall_clock_step_moves_labels_not_durations(feeds: Feeds, alsa_feed: Cal
                                                     step: float) -> None:
     wav = feeds.concat("dropout3", feeds.tone(3), feeds.silence(3), feeds.tone(2))
     wall = [T0]
-    bus = Bus()
-    col = Collector(bus, 8)
 
-    def step_after_first_second(_: AudioLevels) -> None:  # runs in the capture thread, in frame order
+    def step_after_first_second(col: Collector, _: AudioLevels) -> None:  # in frame order
         if len(col.of(AudioLevels)) == 1:
             wall[0] = T0 + step
 
-    bus.subscribe(AudioLevels, step_after_first_second)
-    drv = AlsaAudioMonitor("audio", {"device": alsa_feed(wav)}, bus, clock=lambda: wall[0],
-                           monotonic=fixed_clock)
-    drv.start()
-    try:
-        assert col.done.wait(10), "feed not consumed"
-    finally:
-        drv.stop()
+    col = run_alsa(alsa_feed(wav), 8, clock=lambda: wall[0], on_levels=step_after_first_second)
     assert col.changes() == [("no_input", "signal", 0.0), ("signal", "silence", 3.0 + step),
                              ("silence", "signal", 6.0 + step)]
 

@@ -21,14 +21,8 @@ from drivers import audio, audio_monitor
 from drivers.audio import AlsaAudioMonitor, SimAudioMonitor
 from drivers.audio_monitor import AudioMonitor
 from drivers.bus import Bus
+from tests.test_config import MINIMAL
 
-MINIMAL = """
-schema_version = 1
-[site]
-id = "site01"
-[room]
-id = "room101"
-"""
 BACKENDS = (("alsa", AlsaAudioMonitor), ("sim", SimAudioMonitor))
 
 

@@ -26,7 +26,7 @@ from drivers.pcsc import PCSCD_AWAY, READER_MUTE
 from tests.gempc_twin import T0_ATR, GemPcTwin
 from tests.pcsc_harness import SOCKET, VPCD_0, VPCD_CONF, WAIT_S, Pcscd, own_pcscd, started
 from tests.pcsc_harness import cards, make_reader  # noqa: F401  (fixtures, used by name)
-from tests.vcard import VirtualCard
+from tests.vcard import VirtualCard, recv_exact
 
 TWIN = "GemPC Twin 00 00"
 UNPLUG_S = 12.0  # the CCID driver's status poll times out after 3 s, and pcscd polls every 0.4 s
@@ -227,9 +227,9 @@ class BrokenPcscd:
 
     def _serve(self, client: socket.socket) -> None:
         with client:
-            while (header := _recv_exact(client, 8)) is not None:
+            while (header := recv_exact(client, 8)) is not None:
                 size, command = struct.unpack("<II", header)
-                body = _recv_exact(client, size) or b""
+                body = recv_exact(client, size) or b""
                 if command == self.VERSION:  # same protocol version back, rv 0
                     client.sendall(body[:8] + bytes(4))
                 elif command == self.ESTABLISH:  # scope back, a context, rv 0
@@ -239,16 +239,6 @@ class BrokenPcscd:
                         self.granted.notify_all()
                 else:
                     return  # "crash": the client's call fails
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
 
 
 @pytest.fixture

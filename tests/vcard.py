@@ -75,11 +75,11 @@ class VirtualCard:
     def _serve(self, sock: socket.socket) -> None:
         try:
             while True:
-                header = _recv_exact(sock, 2)
+                header = recv_exact(sock, 2)
                 if header is None:
                     return
                 (length,) = struct.unpack(">H", header)
-                payload = _recv_exact(sock, length)
+                payload = recv_exact(sock, length)
                 if payload is None:
                     return
                 if length == 1:
@@ -95,7 +95,8 @@ def _send(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(struct.pack(">H", len(payload)) + payload)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """Exactly ``n`` bytes, or None once the peer has closed."""
     buf = b""
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
