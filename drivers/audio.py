@@ -89,6 +89,7 @@ class SimAudioMonitor(AudioMonitor):
     """The same core fed in real time by a synthesiser: a tone, silence or a clipped tone."""
 
     backend: ClassVar[str] = "sim"
+    can_stall: ClassVar[bool] = False  # its own thread makes the feed: a pause under load is no stall
     options: ClassVar[dict[str, Option]] = {
         **AudioMonitor.options,
         # A mock relay by default, so ``switch_source`` works in a sim room out of the box.

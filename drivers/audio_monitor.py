@@ -19,6 +19,7 @@ silence hold: a read blocked inside the sound driver cannot say so itself.
 """
 from __future__ import annotations
 
+import logging
 import math
 import subprocess
 import tempfile
@@ -43,6 +44,9 @@ MAX_TRIAL_S = 3600.0
 TRIAL_SLACK_S = 2.0   # a real-time feed delivers N seconds in N seconds; beyond that it stalled
 LAG_REANCHOR_S = 1.0  # samples this far behind the monotonic clock were lost (overrun, suspend)
 STALL_BLOCKS = 3      # a stall is never declared within this many block periods (block_ms > hold)
+STOP_WAIT_S = 2.0     # how long stop() waits for a capture read to return
+
+log = logging.getLogger(__name__)
 DTYPES = {"S16_LE": "<i2", "S32_LE": "<i4"}
 
 
@@ -59,6 +63,7 @@ class AudioMonitor(Driver):
     """What both backends share; subclasses supply the source thread (``_run``)."""
 
     kind: ClassVar[str] = "audio"
+    can_stall: ClassVar[bool] = True  # a capture can stop delivering without an error: watch it
     options: ClassVar[dict[str, Option]] = {
         "device": Option(str, default="default", help="ALSA capture PCM name"),
         "rate": Option(int, default=48000, check=lambda v: 8000 <= v <= 192000,
@@ -94,6 +99,9 @@ class AudioMonitor(Driver):
         super().__init__(name, config, bus, clock)
         self._monotonic = monotonic
         self._cond = threading.Condition(self._lock)
+        # Two threads publish (capture and watchdog): the bus keeps a driver's events in
+        # order only if one publishes at a time, in the order the state changed.
+        self._publishing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
@@ -151,11 +159,13 @@ class AudioMonitor(Driver):
         # The first open is synchronous so status() is right as soon as start() returns.
         thread = threading.Thread(target=self._run, args=(self._open_source(),),
                                   name=f"audio-{self.name}", daemon=True)
-        watchdog = threading.Thread(target=self._watch, name=f"audio-{self.name}-watchdog", daemon=True)
+        watchdog = (threading.Thread(target=self._watch, name=f"audio-{self.name}-watchdog", daemon=True)
+                    if self.can_stall else None)
         with self._lock:
             self._thread, self._watchdog = thread, watchdog
-        thread.start()
-        watchdog.start()
+        for t in (thread, watchdog):
+            if t is not None:
+                t.start()
 
     def stop(self) -> None:
         with self._lock:
@@ -164,7 +174,10 @@ class AudioMonitor(Driver):
             self._stop.set()
         for t in (thread, watchdog):
             if t is not None:
-                t.join()
+                t.join(STOP_WAIT_S)
+                if t.is_alive():  # a read blocked inside the sound driver: it ends with the read
+                    log.warning("%s: %s did not end within %g s (capture blocked in the sound "
+                                "driver); going on without it", self.name, t.name, STOP_WAIT_S)
         with self._lock:
             self._finish_recorders()
             if self._relay is not None:
@@ -251,27 +264,34 @@ class AudioMonitor(Driver):
         limit = self._stall_after()
         wait = limit
         while not self._stop.wait(wait):
-            tr, reason, wait = None, "", limit
-            with self._lock:
-                if self._state == OK and not self._stalled:
-                    idle = self._monotonic() - self._last_frame_m
-                    if idle > limit:
-                        self._stalled = True
-                        self._state = FAULT
-                        self._reason = reason = f"capture stalled: no samples for over {limit:g} s"
-                        tr = self._lose_input()
-                    else:
-                        wait = max(0.01, limit - idle + 0.01)
-            if reason:
-                self.emit(DeviceStateChanged(self.name, state=FAULT, reason=reason, ts=self.clock()))
-            if tr is not None:
-                self.emit(tr)
+            wait = limit
+            with self._publishing:
+                tr, reason = None, ""
+                with self._lock:
+                    if self._state == OK and not self._stalled:
+                        idle = self._monotonic() - self._last_frame_m
+                        if idle > limit:
+                            self._stalled = True
+                            self._state = FAULT
+                            self._reason = reason = f"capture stalled: no samples for over {limit:g} s"
+                            tr = self._lose_input()
+                        else:
+                            wait = max(0.01, limit - idle + 0.01)
+                if reason:
+                    self.emit(DeviceStateChanged(self.name, state=FAULT, reason=reason, ts=self.clock()))
+                if tr is not None:
+                    self.emit(tr)
 
     def _finish_recorders(self) -> None:
         for _, done in self._recorders:
             done.set()
 
     def _process(self, pcm: np.ndarray) -> None:
+        with self._publishing:
+            for event in self._measure(pcm):
+                self.emit(event)
+
+    def _measure(self, pcm: np.ndarray) -> list[DeviceEvent]:
         events: list[DeviceEvent] = []
         with self._lock:
             assert self._analyzer is not None and self._window is not None
@@ -295,8 +315,7 @@ class AudioMonitor(Driver):
                 if not rec.done and rec.add(block):
                     done.set()
             self._cond.notify_all()
-        for event in events:
-            self.emit(event)
+        return events
 
     def _state_event(self, tr: Transition, since_m: float | None = None) -> AudioStateChanged:
         """The event of a transition; ``since_m`` (monotonic) overrides its start frame."""
