@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
+
+from drivers.events import iso_now  # noqa: F401  (re-exported: the agent's envelopes use it)
 
 EVIDENCE_KINDS = frozenset({
     "note", "checkin", "sweep", "suspect_confirm", "attendance", "session_record",
@@ -22,11 +23,6 @@ EVIDENCE_KINDS = frozenset({
 
 def is_evidence(kind: str) -> bool:
     return kind in EVIDENCE_KINDS
-
-
-def iso_now(ts: float) -> str:
-    """ISO 8601 with the box's UTC offset, to the millisecond."""
-    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)

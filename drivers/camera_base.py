@@ -33,7 +33,7 @@ from drivers.camera_health import (ABNORMAL, DEFAULT_ANALYSIS_WIDTH, DEFAULT_BLU
                                    DEFAULT_DARK_THRESHOLD, DEFAULT_FROZEN_AFTER_S, NO_FRAMES, NORMAL,
                                    HealthAnalyzer, Thresholds, Verdict, brightness, prepare,
                                    sharpness)
-from drivers.events import CameraHealth, DeviceStateChanged
+from drivers.events import CameraHealth, DeviceStateChanged, iso_now
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,6 @@ COMMON_OPTIONS: dict[str, Option] = {
     "analysis_width": Option(int, DEFAULT_ANALYSIS_WIDTH, check=lambda v: not isinstance(v, bool) and 16 <= v <= 4096,
                              expected="pixels 16-4096", help="frames are downscaled to this width for health checks"),
 }
-
-
-def _iso(wall: float) -> str:
-    """ISO 8601 with the box's UTC offset, to the millisecond: as every time the agent publishes.
-
-    The same format as ``agent.events.iso_now``, restated because drivers import nothing
-    of the agent. Snapshot file names stay UTC (``...Z``) so they sort across offset changes.
-    """
-    return datetime.fromtimestamp(wall).astimezone().isoformat(timespec="milliseconds")
 
 
 def sanitise_tag(tag: str) -> str:
@@ -377,7 +368,7 @@ class CameraBase(Driver):
                                       int(float(self.opt("retention_max_mb")) * _MIB))
         if removed:
             log.info("camera %s: retention removed %d snapshot(s)", self.name, len(removed))
-        return {"file": path.name, "ts": _iso(wall), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        return {"file": path.name, "ts": iso_now(wall), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
     def _snapshot_count(self) -> int:
         if self._index is not None:
@@ -392,7 +383,7 @@ class CameraBase(Driver):
         details: dict[str, Any] = {
             "health": verdict.state if verdict and running else None,
             "metrics": dict(verdict.metrics) if verdict and running else {},
-            "checked_at": _iso(checked_at) if checked_at and running else None,
+            "checked_at": iso_now(checked_at) if checked_at and running else None,
             "snapshots": self._snapshot_count(),
         }
         return DeviceStatus(state, reason, details)

@@ -7,10 +7,17 @@ only; exam meaning (admitted, late, incident) is the agent's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from drivers.bus import DeviceEvent
 from drivers.gb11643 import mask_id
+
+
+def iso_now(ts: float) -> str:
+    """ISO 8601 with the box's UTC offset, to the millisecond: every time that leaves the box
+    (the agent's envelopes, a driver's snapshot or health check) is written this one way."""
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
