@@ -183,7 +183,8 @@ class PcscReader(Driver):
         self._set_state(ABSENT, PCSCD_AWAY)
 
     def _pcscd_answered(self) -> None:
-        """pcscd answered a call on this context: the outage, if any, is over."""
+        """pcscd answered a watch on this context: the outage, if any, is over. (The last
+        monitor error is kept: a bug that recurs after each good answer must not flood.)"""
         with self._lock:
             failures, self._pcscd_failures = self._pcscd_failures, 0
         if failures:
@@ -212,6 +213,8 @@ class PcscReader(Driver):
                 states = self._choose_reader(context, states)
                 rescan = False
             hr, result = scard.SCardGetStatusChange(context, timeout_ms, states)
+            if hr in (scard.SCARD_S_SUCCESS, scard.SCARD_E_TIMEOUT):
+                self._pcscd_answered()  # the watch itself works: listing alone may not mean that
             if hr in (scard.SCARD_E_TIMEOUT, scard.SCARD_E_CANCELLED):
                 rescan = len(states) == 1  # no reader yet: list again, in case PnP stays silent
                 continue
@@ -242,7 +245,6 @@ class PcscReader(Driver):
             readers = []
         elif hr != scard.SCARD_S_SUCCESS:
             raise _ContextLost(scard.SCardGetErrorMessage(hr))
-        self._pcscd_answered()
         wanted = self._opt("reader")
         name = next((r for r in readers if wanted in r), None)
         with self._lock:
