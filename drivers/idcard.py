@@ -78,11 +78,11 @@ class SerialIdCardReader(Driver):
         self._present = False
         self._misses = 0
         self._cards_read = 0
-        self._garbage_count = 0
         self._garbage_bytes = 0
         self._refusals: dict[str, int] = {}  # reason -> times
         self._timeouts = 0                   # exchanges that got no reply at all in time
         self._silent = 0                     # ... of them in a row
+        self._refusing = False               # refusals since the last whole reply (log once)
         self._sam_id: str | None = None
 
     def _opt(self, key: str) -> Any:
@@ -127,7 +127,7 @@ class SerialIdCardReader(Driver):
                 "port": self._port_path(),
                 "cards_read": self._cards_read,
                 "card_present": self._present,
-                "garbage_count": self._garbage_count,
+                "garbage_count": sum(self._refusals.values()),
                 "garbage_bytes": self._garbage_bytes,
                 "refused": dict(self._refusals),
                 "timeouts": self._timeouts,
@@ -252,7 +252,7 @@ class SerialIdCardReader(Driver):
         if reply is None:
             self._missed(what, timeout)
             raise DeviceTimeout(f"{what}: no reply within {timeout} s")
-        self._heard()
+        self._heard(whole=True)
         if reply.sw3 == SW_SAM_FAULT:
             self._set_state(FAULT, "SAM module self-test failed")
         else:
@@ -276,8 +276,8 @@ class SerialIdCardReader(Driver):
                 reply = frame
             else:
                 stray = frame
-                log.info("%s: refused a reply that does not answer %s (SW3 %02X): a late answer?",
-                         self.name, KNOWN_COMMANDS[code], frame.sw3)
+                log.debug("%s: a reply that does not answer %s (SW3 %02X): a late answer?",
+                          self.name, KNOWN_COMMANDS[code], frame.sw3)
                 self._refused(Refusal(_UNEXPECTED_FRAME, frame.size))
         for extra in pending:
             self._refused(Refusal(_UNEXPECTED_FRAME, extra.size))
@@ -294,9 +294,13 @@ class SerialIdCardReader(Driver):
                     return frames
         return decoder.flush()  # a frame may hide behind a truncated one
 
-    def _heard(self) -> None:
+    def _heard(self, whole: bool = False) -> None:
+        """The reader answered (``whole``: with a reply we could use, which ends a run of
+        refusals; a damaged answer still shows the reader is there)."""
         with self._lock:
             self._silent = 0
+            if whole:
+                self._refusing = False
 
     def _missed(self, what: str, timeout: float) -> None:
         with self._lock:
@@ -315,11 +319,14 @@ class SerialIdCardReader(Driver):
             self._refused(Refusal(_UNEXPECTED_FRAME, frame.size))
 
     def _refused(self, refusal: Refusal) -> None:
+        """Counted every time; logged at INFO once per run of refusals (a noisy line refuses
+        a few frames a second), the rest at DEBUG: ``status`` has the counts."""
         with self._lock:
-            self._garbage_count += 1
             self._garbage_bytes += refusal.nbytes
             self._refusals[refusal.reason] = self._refusals.get(refusal.reason, 0) + 1
-        log.info("%s: refused %d bytes (%s)", self.name, refusal.nbytes, refusal.reason)
+            first, self._refusing = not self._refusing, True
+        log.log(logging.INFO if first else logging.DEBUG, "%s: refused %d bytes (%s)%s", self.name,
+                refusal.nbytes, refusal.reason, "; more are counted in status until a good reply" if first else "")
         self.emit(ReaderGarbage(device=self.name, reason=refusal.reason, count=refusal.nbytes,
                                 ts=self.clock()))
 

@@ -60,7 +60,6 @@ class GemPcTwin:
         self._plugged = True
         self._card: Card | None = None
         self._powered = False
-        self.commands: list[int] = []  # CCID message types received while plugged in
         self._master = self._slave = -1
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
@@ -147,7 +146,6 @@ class GemPcTwin:
         kind, _, slot, seq, b7, _, _ = HEADER.unpack_from(message)
         data = message[HEADER.size:]
         with self._lock:
-            self.commands.append(kind)
             card = self._card
             if kind == 0x62 and card is not None:      # PC_to_RDR_IccPowerOn
                 self._powered = True

@@ -179,7 +179,7 @@ UNEXPECTED = "unexpected_frame"
     (Fault(TRUNCATE, READ, keep=3), GARBAGE, True, True),   # cut inside the preamble: noise, no reply
     (Fault(CORRUPT, READ), BAD_CHECKSUM, True, False),
     (Fault(NOISE, READ, junk=b"\x00\xffnoise\x13"), GARBAGE, False, False),  # the frame behind is whole
-    (Fault(SLOW, READ, delay_s=0.4), UNEXPECTED, True, True),  # it comes after we gave up on it
+    (Fault(SLOW, READ, delay_s=1.0), UNEXPECTED, True, True),  # it comes after we gave up on it
     (Fault(DROP, READ), None, True, True),
 ], ids=["truncated", "truncated-in-preamble", "bad-checksum", "garbage-before", "slow", "no-reply"])
 def test_a_damaged_card_read_is_refused_counted_and_the_next_card_read(
@@ -234,7 +234,7 @@ def test_a_late_reply_is_never_taken_for_the_next_card(line: Line, bus: Bus, eve
     drv = SerialIdCardReader("idcard1", config(line.link, read_timeout_s=0.3), bus)
     drv.start()
     try:
-        line.sim.inject(Fault(SLOW, READ, delay_s=0.4))
+        line.sim.inject(Fault(SLOW, READ, delay_s=1.0))
         line.sim.set_card(ZHANG)
         assert line.sim.wait_received(READ, 1, WAIT)  # ZHANG's text is made, and on its way slowly
         line.sim.set_card(LI)  # ZHANG lifted, LI put down before the answer arrives
@@ -326,6 +326,15 @@ def test_silent_reader_is_a_fault_until_it_answers(reader: SerialIdCardReader, l
     line.sim.start()
     events.wait(DeviceStateChanged, count=2, where=lambda e: e.state == OK)
     assert reader.status().state == OK
+
+
+def test_one_lost_reply_is_the_line_two_in_a_row_a_fault(reader: SerialIdCardReader, line: Line,
+                                                          events: Events) -> None:
+    line.sim.inject(Fault(DROP, "find card"))
+    line.sim.inject(Fault(DROP, "find card"))
+    events.wait(DeviceStateChanged, where=lambda e: e.state == FAULT)
+    assert line.sim.faulted[DROP] == 2 and reader.status().details["timeouts"] == 2
+    events.wait(DeviceStateChanged, where=lambda e: e.state == OK, count=2)  # the next find answers
 
 
 def test_selftest_ok(reader: SerialIdCardReader, line: Line) -> None:
