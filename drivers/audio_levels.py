@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from drivers.events import CLIPPING, NO_INPUT, SIGNAL, SILENCE  # noqa: F401 (re-exported)
+from drivers.events import CLIPPING, NO_INPUT, SIGNAL, SILENCE
 
 DB_FLOOR = -120.0  # digital silence has no logarithm; JSON has no -inf
 
@@ -96,6 +96,7 @@ class LevelAnalyzer:
         self.frames = 0
         self.state = NO_INPUT
         self.state_start = 0
+        self._told = False  # no transition yet: the start-up no_input is a guess, not a finding
         self._hold = round(thresholds.silence_hold_s * rate)
         self._release = round(thresholds.clip_release_s * rate)
         self._floor_ms = 10.0 ** (thresholds.silence_floor_dbfs / 10.0)
@@ -138,16 +139,17 @@ class LevelAnalyzer:
     def lose_input(self) -> Transition | None:
         """The device went away or stopped delivering: ``no_input`` from the last sample on.
 
-        None when the state already was ``no_input``, including the undecided start-up
-        state: announcing that the input never came is the monitor's business.
+        Also when nothing came since start (``no_input`` -> ``no_input``): the start-up state
+        was only assumed, and a listening window that opens on an absent device must be told.
+        None when ``no_input`` was already reported.
         """
         self._quiet_since = None
         return self._enter(NO_INPUT, self.frames, None)
 
     def _enter(self, state: str, start: int, block: Block | None) -> Transition | None:
-        if state == self.state:
+        if state == self.state and self._told:
             return None
-        previous, self.state, self.state_start = self.state, state, start
+        previous, self.state, self.state_start, self._told = self.state, state, start, True
         return Transition(state, previous, start,
                           None if block is None else block.rms_dbfs,
                           None if block is None else block.peak_dbfs)

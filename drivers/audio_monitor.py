@@ -31,12 +31,11 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from drivers.audio_levels import (NO_INPUT, Block, LevelAnalyzer, LevelWindow,
-                                  Thresholds, TrialRecorder, Transition)
+from drivers.audio_levels import Block, LevelAnalyzer, LevelWindow, Thresholds, TrialRecorder, Transition
 from drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus, Driver,
                           Option, SelftestResult, SelftestStep)
 from drivers.bus import Bus, DeviceEvent
-from drivers.events import AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
+from drivers.events import NO_INPUT, AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
 
 SOURCES = ("primary", "backup")  # relay released = primary, so a dead box falls back to it
 REASONS = ("command", "auto", "selftest")
@@ -114,7 +113,6 @@ class AudioMonitor(Driver):
         self._m0 = 0.0            # monotonic time of frame _f0
         self._f0 = 0
         self._last_frame_m = 0.0  # monotonic time the last block arrived (or the source opened)
-        self._announced = False   # an AudioStateChanged went out since start()
         self._stalled = False     # the current FAULT is a stalled capture
         self._recorders: list[tuple[TrialRecorder, threading.Event]] = []
         self._relay: Any = None
@@ -151,7 +149,7 @@ class AudioMonitor(Driver):
             self._stop.clear()
             self._analyzer = LevelAnalyzer(self.rate, int(self._opt("channels")), self.thresholds())
             self._window = LevelWindow(round(float(self._opt("levels_every_s")) * self.rate))
-            self._last, self._announced, self._stalled = None, False, False
+            self._last, self._stalled = None, False
             self._m0, self._f0 = self._monotonic(), 0
             self._since_m = self._last_frame_m = self._m0
             self._state, self._reason = ABSENT, "not opened yet"
@@ -243,16 +241,12 @@ class AudioMonitor(Driver):
             self.emit(tr)
 
     def _lose_input(self) -> AudioStateChanged | None:
-        """No samples from the last one on: ``no_input``, announced even if the feed never had
-        input (it starts in ``no_input``), or a listening window that opens on an absent device
-        would never be told of the loss."""
+        """No samples from the last one on: ``no_input`` (the analyser's transition)."""
         assert self._analyzer is not None and self._window is not None
         self._last = None
         self._window = LevelWindow(self._window.window)  # no reading mixes both sides of a gap
         self._finish_recorders()
         tr = self._analyzer.lose_input()
-        if tr is None and not self._announced:
-            tr = Transition(NO_INPUT, NO_INPUT, self._analyzer.frames)
         return None if tr is None else self._state_event(tr, self._last_frame_m)
 
     def _stall_after(self) -> float:
@@ -320,7 +314,6 @@ class AudioMonitor(Driver):
     def _state_event(self, tr: Transition, since_m: float | None = None) -> AudioStateChanged:
         """The event of a transition; ``since_m`` (monotonic) overrides its start frame."""
         self._since_m = self._mono(tr.start) if since_m is None else since_m
-        self._announced = True
         return AudioStateChanged(self.name, state=tr.state, previous=tr.previous,
                                  since=self._label(self._since_m), rms_dbfs=tr.rms_dbfs,
                                  peak_dbfs=tr.peak_dbfs, ts=self.clock())
