@@ -211,7 +211,7 @@ def _public_incident(inc: dict[str, Any], scrub: Callable[[str], str]) -> dict[s
     """type, start, end, duration_s; an incident given with only a time and no duration (a
     clock step) is an instant: end = start, 0 s."""
     start = _epoch(inc.get("start", inc.get("time", inc["recorded_at"])))
-    duration = inc.get("duration_s", inc.get("measured_s"))
+    duration = inc.get("duration_s")
     if not isinstance(duration, (int, float)) or isinstance(duration, bool):
         duration = None
     if "end" in inc:

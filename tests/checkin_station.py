@@ -6,6 +6,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
+import jsonschema  # a dev dependency: a schema check silently skipped is no check
 import pytest
 
 from agent.checkin import CheckinStation
@@ -80,16 +81,11 @@ def doc_schemas() -> dict[str, dict]:
 def emitted():
     """Every payload of every test is scanned: no full ID number, no candidate name, ever;
     and each must match the schema of its kind in the docs."""
-    try:
-        import jsonschema
-    except ImportError:
-        jsonschema = None
     schemas = doc_schemas()
     out: list[tuple[str, dict]] = []
     yield out
     for kind, data in out:
-        if jsonschema is not None:
-            jsonschema.validate(data, schemas[kind], cls=jsonschema.Draft202012Validator)
+        jsonschema.validate(data, schemas[kind], cls=jsonschema.Draft202012Validator)
         text = json.dumps(data, ensure_ascii=False)
         assert not FULL_ID.search(text), (kind, text)
         for name in NAMES.values():

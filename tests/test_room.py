@@ -320,7 +320,7 @@ def test_clock_steps_and_trial_listening_go_on_the_right_record(start_room, watc
     it prepares; a step once entry is open is on that session's record; after the record is
     written a trial is on none, and its reply says so."""
     w = watcher
-    room, agent = start_room(entry_in=8, start_in=9, cutoff_after=0.3, end_after=1.0)
+    room, agent = start_room(entry_in=12, start_in=13, cutoff_after=0.3, end_after=1.0)  # ~4 s used before entry
     settled(w)
     mark = len(w.messages)
     agent.call("sim", words=["clock", "step", "30"])
