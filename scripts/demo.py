@@ -15,17 +15,16 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.config import load  # noqa: E402
 from agent.control import AgentNotRunning, call  # noqa: E402
 from agent.localbroker import Broker  # noqa: E402
 from agent.watch import watch  # noqa: E402
-from drivers.audio_monitor import AudioMonitor  # noqa: E402
 
 TZ = timezone(timedelta(hours=8))  # exam sites keep Beijing time
 
@@ -104,9 +103,8 @@ def dropout_s() -> float:
     A loss shorter than ``silence_hold_s`` is no silence at all, so the dropout is taken
     from config/demo.toml rather than written down beside it: the incident always happens.
     """
-    cfg = tomllib.loads((ROOT / "config" / "demo.toml").read_text(encoding="utf-8"))
-    [feed] = [d for d in cfg["device"] if d["name"] == "broadcast"]
-    return float(feed.get("silence_hold_s", AudioMonitor.options["silence_hold_s"].default)) + 2.0
+    [feed] = [d for d in load(ROOT / "config" / "demo.toml").devices if d.name == "broadcast"]
+    return float(feed.options["silence_hold_s"]) + 2.0  # load() fills in the driver's default
 
 
 def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
