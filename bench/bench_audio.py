@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from drivers.bus import Bus
-from drivers.audio import AlsaAudioMonitor, SimAudioMonitor
-from drivers.audio_levels import LevelAnalyzer, Thresholds
-from drivers.events import AudioLevels
+from examroom.drivers.bus import Bus
+from examroom.drivers.audio.backends import AlsaAudioMonitor, SimAudioMonitor
+from examroom.drivers.audio.levels import LevelAnalyzer, Thresholds
+from examroom.drivers.events import AudioLevels
 
 RATE = 48000
 

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from drivers.camera import default_scene_dir
-from drivers.camera_health import HealthAnalyzer, prepare
+from examroom.drivers.camera.backends import default_scene_dir
+from examroom.drivers.camera.health import HealthAnalyzer, prepare
 
 DEFAULT_INTERVAL_S = 5.0
 

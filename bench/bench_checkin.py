@@ -45,12 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_core import BROKER_CONF, Counter  # noqa: E402
 
-from drivers.bus import DeviceEvent  # noqa: E402
-from agent.config import load  # noqa: E402
-from agent.daemon import Agent  # noqa: E402
-from agent.localbroker import Broker  # noqa: E402
-from drivers.events import CardPresented, Identity, MetalAlarm, SweepButton  # noqa: E402
-from drivers.gb11643 import check_digit  # noqa: E402
+from examroom.drivers.bus import DeviceEvent  # noqa: E402
+from examroom.agent.config import load  # noqa: E402
+from examroom.agent.daemon import Agent  # noqa: E402
+from devkit.localbroker import Broker  # noqa: E402
+from examroom.drivers.events import CardPresented, Identity, MetalAlarm, SweepButton  # noqa: E402
+from examroom.drivers.gb11643 import check_digit  # noqa: E402
 
 TZ = timezone(timedelta(hours=8))
 ROOM = "bench"

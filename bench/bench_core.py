@@ -22,12 +22,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import parse  # noqa: E402
-from agent.control import AgentUnreachable, call  # noqa: E402
-from agent.localbroker import Broker  # noqa: E402
-from agent.metrics import Metrics  # noqa: E402
-from agent.spool import Spool  # noqa: E402
-from agent.uplink import Uplink  # noqa: E402
+from examroom.agent.config import parse  # noqa: E402
+from examroom.agent.control import AgentUnreachable, call  # noqa: E402
+from devkit.localbroker import Broker  # noqa: E402
+from examroom.agent.metrics import Metrics  # noqa: E402
+from examroom.agent.spool import Spool  # noqa: E402
+from examroom.agent.uplink import Uplink  # noqa: E402
 
 
 # a subscriber slower than the publisher must not lose messages to the queue limit
@@ -177,7 +177,7 @@ def idle(tmp: Path, port: int, seconds: float, config_extra: str = "") -> tuple[
     cfg.write_text(f'schema_version = 1\n[site]\nid="s"\n[room]\nid="idle"\n[mqtt]\nport={port}\n'
                    f'[spool]\npath="{tmp}/idle-{time.time_ns()}.db"\n[control]\nsocket="{tmp}/idle.sock"\n'
                    f'[metrics]\nlisten=""\n[heartbeat]\ninterval_s=10\n{config_extra}')
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "examroom.agent.cli", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(tmp / "idle.sock", proc)  # start-up is not idle: measure from a connected agent
     tick = os.sysconf("SC_CLK_TCK")

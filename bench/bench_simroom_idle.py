@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_core import BROKER_CONF, idle  # noqa: E402
 
-from agent.localbroker import Broker  # noqa: E402
+from devkit.localbroker import Broker  # noqa: E402
 
 
 def demo_room_extra(tmp: Path) -> str:

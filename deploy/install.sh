@@ -51,7 +51,7 @@ BUNDLE=$(cd "$1" 2>/dev/null && pwd) || die "bundle directory $1 not found"
 for f in agent.toml hostname tls/ca.crt tls/room.crt tls/room.key; do
   [[ -f "$BUNDLE/$f" ]] || die "$BUNDLE/$f missing: make bundles with deploy/fleet/make-configs.py"
 done
-[[ -f "$KIT/pyproject.toml" && -d "$KIT/agent" ]] || die "$KIT is not the examroom kit (no pyproject.toml/agent/)"
+[[ -f "$KIT/pyproject.toml" && -d "$KIT/examroom/agent" ]] || die "$KIT is not the examroom kit (no pyproject.toml/examroom/agent/)"
 
 REAL=1; [[ -n "$D" ]] && REAL=0
 if ((REAL)); then
@@ -111,7 +111,7 @@ if ((!CONFIG_ONLY)); then
   mkdir -p "$OPT"
   rm -rf "$OPT/src.new"
   mkdir "$OPT/src.new"
-  cp -r "$KIT/agent" "$KIT/drivers" "$KIT/pyproject.toml" "$KIT/deploy" "$OPT/src.new/"
+  cp -r "$KIT/examroom" "$KIT/pyproject.toml" "$KIT/deploy" "$OPT/src.new/"
   if [[ -d "$KIT/docs" ]]; then cp -r "$KIT/docs" "$OPT/src.new/"; fi
   if [[ -f "$KIT/README.md" ]]; then cp "$KIT/README.md" "$OPT/src.new/"; fi
   find "$OPT/src.new" -name __pycache__ -prune -exec rm -rf {} +
@@ -135,7 +135,7 @@ fi
 if [[ -x "$OPT/.venv/bin/examroom-agent" ]]; then
   AGENT=("$OPT/.venv/bin/examroom-agent")
 else  # --destdir --config-only without a staged venv: the kit's code, this Python
-  AGENT=(env "PYTHONPATH=$KIT" "${PYTHON:-python3}" -m agent.cli)
+  AGENT=(env "PYTHONPATH=$KIT" "${PYTHON:-python3}" -m examroom.agent.cli)
 fi
 NEW=$ETC.new
 rm -rf "$NEW"

@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.config import load  # noqa: E402
-from agent.control import AgentNotRunning, call  # noqa: E402
-from agent.localbroker import Broker  # noqa: E402
-from agent.watch import watch  # noqa: E402
+from examroom.agent.config import load  # noqa: E402
+from examroom.agent.control import AgentNotRunning, call  # noqa: E402
+from devkit.localbroker import Broker  # noqa: E402
+from examroom.agent.watch import watch  # noqa: E402
 
 TZ = timezone(timedelta(hours=8))  # exam sites keep Beijing time
 
@@ -174,7 +174,7 @@ def main() -> int:
         port = args.port
     cfg, times = write_config(state, port, time.time())
     log = open(state / "agent.log", "w")
-    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+    agent = subprocess.Popen([sys.executable, "-m", "examroom.agent.cli", "run", "--config", str(cfg)],
                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     threading.Thread(target=watch, args=("127.0.0.1", port, "exam"), daemon=True).start()
     sock = str(state / "agent.sock")

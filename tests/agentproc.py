@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.control import AgentNotRunning, call
+from examroom.agent.control import AgentNotRunning, call
 
 
 def write_config(tmp: Path, port: int, room: str = "room101", extra: str = "",
@@ -57,7 +57,7 @@ class AgentProcess:
     def start(self, timeout: float = 15) -> "AgentProcess":
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config)],
+            [sys.executable, "-m", "examroom.agent.cli", "run", "--config", str(self.config)],
             stdout=out, stderr=out, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -9,11 +9,11 @@ from pathlib import Path
 import jsonschema  # a dev dependency: a schema check silently skipped is no check
 import pytest
 
-from agent.checkin import CheckinStation
-from agent.schedule import parse_sessions
-from agent.seatplan import load_seatplan
-from drivers.events import CardPresented, Identity
-from drivers.gb11643 import check_digit
+from examroom.agent.checkin import CheckinStation
+from examroom.agent.schedule import parse_sessions
+from examroom.agent.seatplan import load_seatplan
+from examroom.drivers.events import CardPresented, Identity
+from examroom.drivers.gb11643 import check_digit
 
 def make_id(first17: str) -> str:
     return first17 + check_digit(first17)

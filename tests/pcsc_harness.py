@@ -20,10 +20,10 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from drivers.bus import Bus, DeviceEvent
-from drivers.base import OK
-from drivers.events import DeviceStateChanged
-from drivers.pcsc import PcscReader
+from examroom.drivers.bus import Bus, DeviceEvent
+from examroom.drivers.base import OK
+from examroom.drivers.events import DeviceStateChanged
+from examroom.drivers.pcsc import PcscReader
 from tests.vcard import VirtualCard
 
 VPCD_0 = "Virtual PCD 00 00"

@@ -23,16 +23,16 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
-from agent import config
-from agent.daemon import Agent
-from agent.events import iso_now
-from agent.monitors import AudioWatch
-from agent.schedule import Schedule, Session, Window
-from drivers.bus import Bus, DeviceEvent
-from drivers.audio import AlsaAudioMonitor, SimAudioMonitor
-from drivers.audio_levels import LevelAnalyzer, Thresholds, TrialRecorder
-from drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError
-from drivers.events import AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
+from examroom.agent import config
+from examroom.agent.daemon import Agent
+from examroom.agent.events import iso_now
+from examroom.agent.monitors import AudioWatch
+from examroom.agent.schedule import Schedule, Session, Window
+from examroom.drivers.bus import Bus, DeviceEvent
+from examroom.drivers.audio.backends import AlsaAudioMonitor, SimAudioMonitor
+from examroom.drivers.audio.levels import LevelAnalyzer, Thresholds, TrialRecorder
+from examroom.drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError
+from examroom.drivers.events import AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
 from tests.agentproc import write_config
 from tests.test_contract import load_schemas
 

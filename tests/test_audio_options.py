@@ -15,12 +15,12 @@ import textwrap
 
 import pytest
 
-from agent import config
-from agent.errors import ConfigError
-from drivers import audio, audio_monitor
-from drivers.audio import AlsaAudioMonitor, SimAudioMonitor
-from drivers.audio_monitor import AudioMonitor
-from drivers.bus import Bus
+from examroom.agent import config
+from examroom.agent.errors import ConfigError
+from examroom.drivers.audio import backends as audio, monitor as audio_monitor
+from examroom.drivers.audio.backends import AlsaAudioMonitor, SimAudioMonitor
+from examroom.drivers.audio.monitor import AudioMonitor
+from examroom.drivers.bus import Bus
 from tests.test_config import MINIMAL
 
 BACKENDS = (("alsa", AlsaAudioMonitor), ("sim", SimAudioMonitor))

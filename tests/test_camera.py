@@ -22,13 +22,13 @@ import pytest
 from jsonschema import Draft202012Validator
 from PIL import Image
 
-import drivers
-from agent.events import iso_now
-from drivers.bus import Bus, DeviceEvent
-from drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError
-from drivers.camera import PiCamera, SimCamera
-from drivers.camera_base import COMMON_OPTIONS, CameraBase, prune_snapshots, sanitise_tag
-from drivers.events import CameraHealth, DeviceStateChanged
+from examroom import drivers
+from examroom.agent.events import iso_now
+from examroom.drivers.bus import Bus, DeviceEvent
+from examroom.drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError
+from examroom.drivers.camera.backends import PiCamera, SimCamera
+from examroom.drivers.camera.base import COMMON_OPTIONS, CameraBase, prune_snapshots, sanitise_tag
+from examroom.drivers.events import CameraHealth, DeviceStateChanged
 from tests.camera_images import H, W, images, noisy  # noqa: F401  (images is a fixture)
 from tests.test_contract import load_schemas
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from drivers.camera_health import (DEFAULT_BLUR_THRESHOLD, DEFAULT_DARK_THRESHOLD, HealthAnalyzer,
+from examroom.drivers.camera.health import (DEFAULT_BLUR_THRESHOLD, DEFAULT_DARK_THRESHOLD, HealthAnalyzer,
                                    Thresholds, brightness, prepare, sharpness)
 from tests.camera_images import SMALL, H, W, images, load, noisy  # noqa: F401  (images is a fixture)
 

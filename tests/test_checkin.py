@@ -3,10 +3,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.checkin import CheckinError, CheckinStation
-from agent.schedule import parse_sessions
-from drivers.events import CardPresented, MetalAlarm, SweepButton
-from drivers.gb11643 import mask_id
+from examroom.agent.checkin import CheckinError, CheckinStation
+from examroom.agent.schedule import parse_sessions
+from examroom.drivers.events import CardPresented, MetalAlarm, SweepButton
+from examroom.drivers.gb11643 import mask_id
 
 from tests.checkin_station import (ENG_START, FULL_ID, ID, MATH_CUTOFF, MATH_END, MATH_START,  # noqa: F401 (fixtures by name)
                                    NAMES, OUTSIDER, UID1, Clock, card, clock, doc_schemas, emitted,

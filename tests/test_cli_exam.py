@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localbroker import Broker
+from devkit.localbroker import Broker
 from tests.agentproc import AgentProcess
 from tests.mqttwatch import Watcher
 from tests.room_config import BASE, Candidate, Room, is_hb, room_config, wait_kind, wait_status
@@ -35,7 +35,7 @@ class Desk:
         self.ran: list[subprocess.CompletedProcess] = []
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        cmd = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "agent.cli"]
+        cmd = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "examroom.agent.cli"]
         done = subprocess.run([*cmd, *args, "-c", str(self.room.config)], capture_output=True, text=True,
                               timeout=timeout)
         self.ran.append(done)

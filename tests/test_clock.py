@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from drivers.bus import Bus, DeviceEvent
-from drivers import driver_class
-from drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, ProtocolError, SimulationError
-from drivers.clock import (ClockReading, SimClock, SystemClock, Timex, parse_chrony_tracking,
+from examroom.drivers.bus import Bus, DeviceEvent
+from examroom.drivers import driver_class
+from examroom.drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, ProtocolError, SimulationError
+from examroom.drivers.clock import (ClockReading, SimClock, SystemClock, Timex, parse_chrony_tracking,
                            read_adjtimex, read_chrony, read_system)
-from drivers.events import ClockState, DeviceStateChanged
+from examroom.drivers.events import ClockState, DeviceStateChanged
 
 # Realistic `chronyc -c tracking` lines (chrony 4.3): synced to an NTP server, 1.2 s slow, unsynced.
 SYNCED = ("A9FEA97B,169.254.169.123,4,1700000000.123456789,0.000012345,-0.000003000,"

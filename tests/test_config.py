@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
-from agent.errors import ConfigError, Problem
+from examroom.agent import config
+from examroom.agent.errors import ConfigError, Problem
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -496,7 +496,7 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
 # -- the CLI --------------------------------------------------------------------------------
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "examroom.agent.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
-from agent.errors import Problem
+from examroom.agent import config
+from examroom.agent.errors import Problem
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy/systemd/examroom-agent.service"
@@ -141,7 +141,7 @@ def test_cli_check_config_and_run_report_a_bad_path_with_exit_2(tmp_path: Path) 
     load(tmp_path, "", socket="/proc/x/a.sock")
     p = tmp_path / "agent.toml"
     for cmd in (["check-config", str(p)], ["run", "--config", str(p)]):
-        r = subprocess.run([sys.executable, "-m", "agent.cli", *cmd], cwd=ROOT,
+        r = subprocess.run([sys.executable, "-m", "examroom.agent.cli", *cmd], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, r.stderr
         assert r.stderr.startswith(f"error: {p}: control.socket: expected a directory user ")

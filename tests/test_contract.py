@@ -22,12 +22,12 @@ import pytest
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-import drivers
-from agent.config import DeviceConfig
-from agent.devices import Devices
-from agent.localbroker import Broker
-from agent.metrics import Metrics
-from drivers.bus import Bus
+from examroom import drivers
+from examroom.agent.config import DeviceConfig
+from examroom.agent.devices import Devices
+from devkit.localbroker import Broker
+from examroom.agent.metrics import Metrics
+from examroom.drivers.bus import Bus
 from tests.agentproc import AgentProcess
 from tests.mqttwatch import Watcher
 from tests.room_config import BASE, Aggregator, Door, room_config, settled, wait_kind

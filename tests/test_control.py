@@ -15,13 +15,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.commands import Commands
-from agent.config import DeviceConfig
-from agent.control import AgentNotRunning, ControlServer, call, dispatch
-from agent.devices import Devices
-from agent.metrics import Metrics
-from drivers.bus import Bus
-from drivers.events import CardPresented
+from examroom.agent.commands import Commands
+from examroom.agent.config import DeviceConfig
+from examroom.agent.control import AgentNotRunning, ControlServer, call, dispatch
+from examroom.agent.devices import Devices
+from examroom.agent.metrics import Metrics
+from examroom.drivers.bus import Bus
+from examroom.drivers.events import CardPresented
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -276,7 +276,7 @@ path = "{tmp_path}/spool.db"
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "examroom.agent.cli", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 

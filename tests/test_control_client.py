@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from agent.control import AgentNotAnswering, AgentNotRunning, ControlServer, call
-from agent.instance import AlreadyRunning
+from examroom.agent.control import AgentNotAnswering, AgentNotRunning, ControlServer, call
+from examroom.agent.instance import AlreadyRunning
 
 ROOT = Path(__file__).resolve().parent.parent
 Behaviour = Callable[[socket.socket, threading.Event], None]
@@ -154,7 +154,7 @@ def write_config(tmp_path: Path, sock: str) -> Path:
 ])
 def test_cli_status_on_a_broken_daemon_is_one_line_exit_1(daemon, tmp_path: Path, behaviour, expected) -> None:
     d = daemon(behaviour)
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--timeout", "0.5",
+    r = subprocess.run([sys.executable, "-m", "examroom.agent.cli", "status", "--timeout", "0.5",
                         "-c", str(write_config(tmp_path, d.path))],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1
@@ -166,6 +166,6 @@ def test_cli_status_on_a_broken_daemon_is_one_line_exit_1(daemon, tmp_path: Path
 def test_cli_note_to_a_daemon_that_answers_is_unchanged(daemon, tmp_path: Path) -> None:
     """The control path still works end to end when the daemon behaves."""
     d = daemon(answers(json.dumps({"ok": True, "seq": 7}).encode() + b"\n"))
-    r = subprocess.run([sys.executable, "-m", "agent.cli", "note", "-c", str(write_config(tmp_path, d.path)),
+    r = subprocess.run([sys.executable, "-m", "examroom.agent.cli", "note", "-c", str(write_config(tmp_path, d.path)),
                         "clock", "checked"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout, r.stderr) == (0, "note recorded as event seq 7\n", "")

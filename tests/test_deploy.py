@@ -19,8 +19,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.config import load
-from agent.localbroker import Broker, free_port
+from examroom.agent.config import load
+from devkit.localbroker import Broker, free_port
 from tests.agentproc import AgentProcess
 
 REPO = Path(__file__).resolve().parent.parent

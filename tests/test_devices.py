@@ -5,12 +5,12 @@ import logging
 
 import pytest
 
-from agent.config import DeviceConfig
-from agent.devices import Devices
-from agent.metrics import Metrics
-from drivers.base import FAULT, OK
-from drivers.bus import Bus
-from drivers.clock import SimClock
+from examroom.agent.config import DeviceConfig
+from examroom.agent.devices import Devices
+from examroom.agent.metrics import Metrics
+from examroom.drivers.base import FAULT, OK
+from examroom.drivers.bus import Bus
+from examroom.drivers.clock import SimClock
 
 
 def _metric(m: Metrics, line_start: str) -> float:

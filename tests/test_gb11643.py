@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.gb11643 import check_digit, has_id_shape, is_valid
+from examroom.drivers.gb11643 import check_digit, has_id_shape, is_valid
 
 # GB 11643-1999 as published: weights W_i = 2^(18-i) mod 11, check characters by sum mod 11.
 WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)

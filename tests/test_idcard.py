@@ -14,13 +14,13 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from drivers.bus import Bus, DeviceEvent
-from drivers import driver_class
-from drivers.base import ABSENT, FAULT, OK, STOPPED, SimulationError
-from drivers.events import CardPresented, CardRemoved, DeviceStateChanged, Identity, ReaderGarbage
-from drivers.idcard import SerialIdCardReader, SimIdCardReader
-from drivers.sam_protocol import BAD_CHECKSUM, GARBAGE, SHORT_FRAME
-from drivers.sam_simulator import CORRUPT, DROP, NOISE, SLOW, TRUNCATE, Fault, SamReaderSimulator
+from examroom.drivers.bus import Bus, DeviceEvent
+from examroom.drivers import driver_class
+from examroom.drivers.base import ABSENT, FAULT, OK, STOPPED, SimulationError
+from examroom.drivers.events import CardPresented, CardRemoved, DeviceStateChanged, Identity, ReaderGarbage
+from examroom.drivers.idcard.reader import SerialIdCardReader, SimIdCardReader
+from examroom.drivers.idcard.sam_protocol import BAD_CHECKSUM, GARBAGE, SHORT_FRAME
+from examroom.drivers.idcard.sam_simulator import CORRUPT, DROP, NOISE, SLOW, TRUNCATE, Fault, SamReaderSimulator
 
 WAIT = 5.0
 ID_NUMBER = "11010519491231002X"
@@ -185,7 +185,7 @@ UNEXPECTED = "unexpected_frame"
 def test_a_damaged_card_read_is_refused_counted_and_the_next_card_read(
         line: Line, bus: Bus, events: Events, caplog: pytest.LogCaptureFixture,
         fault: Fault, reason: str | None, rereads: bool, missed: bool) -> None:
-    caplog.set_level(logging.INFO, logger="drivers.idcard")
+    caplog.set_level(logging.INFO, logger="examroom.drivers.idcard.reader")
     drv = SerialIdCardReader("idcard1", config(line.link, read_timeout_s=0.3), bus)
     drv.start()
     try:

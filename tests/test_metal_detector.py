@@ -9,11 +9,11 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
-from drivers.bus import Bus, DeviceEvent
-from drivers import driver_class
-from drivers.base import ABSENT, FAULT, OK, STOPPED, SimulationError
-from drivers.events import DetectorArmed, DeviceStateChanged, MetalAlarm, SweepButton
-from drivers.metal_detector import GpioMetalDetector, SimMetalDetector
+from examroom.drivers.bus import Bus, DeviceEvent
+from examroom.drivers import driver_class
+from examroom.drivers.base import ABSENT, FAULT, OK, STOPPED, SimulationError
+from examroom.drivers.events import DetectorArmed, DeviceStateChanged, MetalAlarm, SweepButton
+from examroom.drivers.metal_detector import GpioMetalDetector, SimMetalDetector
 
 
 class FakeTimer:

@@ -13,11 +13,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from drivers.bus import Bus
-from drivers import driver_class
-from drivers.base import ABSENT, OK, STOPPED, SimulationError
-from drivers.events import CardPresented, CardRemoved, DeviceStateChanged, ReaderGarbage
-from drivers.pcsc import SIM_ATR, PcscReader, SimPcscReader
+from examroom.drivers.bus import Bus
+from examroom.drivers import driver_class
+from examroom.drivers.base import ABSENT, OK, STOPPED, SimulationError
+from examroom.drivers.events import CardPresented, CardRemoved, DeviceStateChanged, ReaderGarbage
+from examroom.drivers.pcsc import SIM_ATR, PcscReader, SimPcscReader
 from tests.pcsc_harness import VPCD_0 as READER_0, VPCD_CONF, Pcscd, Recorder, own_pcscd
 from tests.pcsc_harness import started as _started
 from tests.pcsc_harness import cards, make_reader  # noqa: F401  (fixtures, used by name)

@@ -20,9 +20,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from drivers.base import ABSENT, OK
-from drivers.events import CardPresented, CardRemoved, DeviceStateChanged
-from drivers.pcsc import PCSCD_AWAY, READER_MUTE
+from examroom.drivers.base import ABSENT, OK
+from examroom.drivers.events import CardPresented, CardRemoved, DeviceStateChanged
+from examroom.drivers.pcsc import PCSCD_AWAY, READER_MUTE
 from tests.gempc_twin import T0_ATR, GemPcTwin
 from tests.pcsc_harness import SOCKET, VPCD_0, VPCD_CONF, WAIT_S, Pcscd, own_pcscd, started
 from tests.pcsc_harness import cards, make_reader  # noqa: F401  (fixtures, used by name)
@@ -124,7 +124,7 @@ def test_serial_reader_unplugged_under_running_pcscd_is_absent_then_back(
 @pytest.mark.pcsc
 def test_pcscd_crash_and_restart_are_survived(daemon: Pcscd, make_reader: Any, cards: Any,
                                               caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="drivers.pcsc")
+    caplog.set_level(logging.INFO, logger="examroom.drivers.pcsc")
     driver, rec = started(make_reader(reader=VPCD_0))
     cards("04A1B2C3D4E5F6").insert()
     rec.wait_for(CardPresented)
@@ -140,7 +140,7 @@ def test_pcscd_crash_and_restart_are_survived(daemon: Pcscd, make_reader: Any, c
     cards("0455667788").insert()  # vpcd died with pcscd: the old card's link is gone
     assert rec.wait_for(CardPresented, after=mark).uid == "0455667788"
     assert driver.status().details["cards_read"] == 2
-    ours = [r for r in caplog.records if r.name == "drivers.pcsc"]
+    ours = [r for r in caplog.records if r.name == "examroom.drivers.pcsc"]
     assert [r.levelname for r in ours] == ["WARNING", "INFO"], [r.getMessage() for r in ours]
     assert "answers again after" in ours[1].getMessage()
 
@@ -255,13 +255,13 @@ def broken_pcscd(daemon: Pcscd) -> Iterator[BrokenPcscd]:
 def test_persistent_error_on_a_good_context_is_retried_each_interval_and_logged_once(
         daemon: Pcscd, broken_pcscd: BrokenPcscd, make_reader: Any,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="drivers.pcsc")
+    caplog.set_level(logging.DEBUG, logger="examroom.drivers.pcsc")
     driver, rec = make_reader(reader=VPCD_0, poll_interval_s=0.25)
     driver.start()
     granted = broken_pcscd.wait_contexts(5)
     gaps = [b - a for a, b in zip(granted, granted[1:])]
     assert min(gaps) >= 0.2, f"reconnects {gaps} s apart: it spins instead of waiting 0.25 s"
-    warnings = [r for r in caplog.records if r.name == "drivers.pcsc"
+    warnings = [r for r in caplog.records if r.name == "examroom.drivers.pcsc"
                 and r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert "lost pcscd" in warnings[0].getMessage()
@@ -271,7 +271,7 @@ def test_persistent_error_on_a_good_context_is_retried_each_interval_and_logged_
     caplog.clear()
     daemon.start()
     rec.wait_for(DeviceStateChanged, state=OK)
-    back = [r.getMessage() for r in caplog.records if r.name == "drivers.pcsc"
+    back = [r.getMessage() for r in caplog.records if r.name == "examroom.drivers.pcsc"
             and r.levelno == logging.INFO]
     assert len(back) == 1 and "answers again after" in back[0], back
     assert int(back[0].split("after ")[1].split()[0]) >= attempts

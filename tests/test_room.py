@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.localbroker import Broker
+from devkit.localbroker import Broker
 from tests.agentproc import AgentProcess
 from tests.mqttwatch import Watcher
 from tests.room_config import (BASE, Aggregator, Door, Room, is_hb, kinds_after, room_config, settled,
@@ -399,7 +399,7 @@ def test_remote_commands(start_room, watcher, broker):
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    cmd = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "agent.cli"]
+    cmd = [str(CLI)] if CLI.exists() else [sys.executable, "-m", "examroom.agent.cli"]
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
 
 

@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from drivers.base import DeviceError, ProtocolError
-from drivers.events import Identity
-from drivers.gb11643 import check_digit
-from drivers.sam_protocol import (
+from examroom.drivers.base import DeviceError, ProtocolError
+from examroom.drivers.events import Identity
+from examroom.drivers.gb11643 import check_digit
+from examroom.drivers.idcard.sam_protocol import (
     BAD_CHECKSUM, BAD_LENGTH, FIND_CARD, GARBAGE, KNOWN_COMMANDS, PHOTO_LEN, READ_TEXT_PHOTO,
     NATION_NAMES, SAM_ID, SAM_STATUS, SELECT_CARD, SEX_NAMES, SHORT_FRAME, TEXT_LEN, CardError, Command,
     CommandRejected, Refusal, Reply, SamFault, UnexpectedStatus, answers, check_status, command_decoder,

@@ -3,8 +3,8 @@ from datetime import datetime
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.schedule import Phase, parse_sessions
+from examroom.agent.errors import ConfigError
+from examroom.agent.schedule import Phase, parse_sessions
 
 TOML = """
 [[exam]]

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from agent.errors import ConfigError
-from agent.seatplan import load_seatplan
-from drivers.gb11643 import check_digit, mask_id
+from examroom.agent.errors import ConfigError
+from examroom.agent.seatplan import load_seatplan
+from examroom.drivers.gb11643 import check_digit, mask_id
 
 
 def make_id(first17: str) -> str:

@@ -72,7 +72,7 @@ SIM_NAMES = ["idcard", "campus-card", "detector", "broadcast", "camera", "clock"
 
 
 def selftest(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "selftest", "-c", str(agent.config), *args],
+    return subprocess.run([sys.executable, "-m", "examroom.agent.cli", "selftest", "-c", str(agent.config), *args],
                           cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
 
 

@@ -5,7 +5,7 @@ import socket
 import urllib.request
 from pathlib import Path
 
-from agent.localbroker import Broker, free_port
+from devkit.localbroker import Broker, free_port
 from tests.agentproc import AgentProcess, write_config
 from tests.mqttwatch import Watcher
 

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from agent.checkin import AmbiguousCandidate, CheckinError, CheckinStation, SameProctor, UnknownSeat
-from agent.monitors import ClockWatch
-from drivers.events import CardPresented, ClockState, MetalAlarm, SweepButton
-from drivers.gb11643 import mask_id
+from examroom.agent.checkin import AmbiguousCandidate, CheckinError, CheckinStation, SameProctor, UnknownSeat
+from examroom.agent.monitors import ClockWatch
+from examroom.drivers.events import CardPresented, ClockState, MetalAlarm, SweepButton
+from examroom.drivers.gb11643 import mask_id
 
 from tests.checkin_station import (ENG_START, FULL_ID, ID, MATH_CUTOFF, MATH_END, MATH_START,  # noqa: F401 (fixtures by name)
                                    NAMES, OUTSIDER, UID1, Clock, card, clock, doc_schemas, emitted,

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.localbroker import Broker
+from devkit.localbroker import Broker
 from tests.agentproc import AgentProcess, write_config
 from tests.mqttwatch import Watcher
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_cli(config: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+    return subprocess.run([sys.executable, "-m", "examroom.agent.cli", "run", "--config", str(config)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 

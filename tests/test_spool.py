@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.events import is_evidence
-from agent.spool import Spool, SpoolClosed
+from examroom.agent.events import is_evidence
+from examroom.agent.spool import Spool, SpoolClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -219,7 +219,7 @@ def test_drops_and_refusals_reach_on_drop_and_overfull_is_logged(spool_path: Pat
         for i in range(3):
             s.append("device", {"i": i}, 1, True)  # the third evicts the first
         assert told == ["device"]
-        with caplog.at_level("ERROR", logger="agent.spool"):
+        with caplog.at_level("ERROR", logger="examroom.agent.spool"):
             for i in range(3):
                 s.append("note", {"i": i}, 1, True)  # evidence: evicts the rest, then overflows
             assert s.append("device", {"i": 9}, 1, True) is None  # refused
@@ -275,7 +275,7 @@ def test_overfull_still_reported_after_reopen(spool_path: Path) -> None:
 
 WRITER = r"""
 import sys
-from agent.spool import Spool
+from examroom.agent.spool import Spool
 s = Spool(sys.argv[1])
 s.open()
 for i in range(int(sys.argv[2])):

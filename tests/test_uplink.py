@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from tests.agentproc import AgentProcess, write_config
-from agent.localbroker import Broker
+from devkit.localbroker import Broker
 from tests.mqttwatch import Watcher
 
 

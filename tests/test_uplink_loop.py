@@ -12,11 +12,11 @@ from pathlib import Path
 import paho.mqtt.publish as publish
 import pytest
 
-from agent.config import parse
-from agent.localbroker import Broker
-from agent.metrics import Metrics
-from agent.spool import Spool
-from agent.uplink import Backoff, Uplink
+from examroom.agent.config import parse
+from devkit.localbroker import Broker
+from examroom.agent.metrics import Metrics
+from examroom.agent.spool import Spool
+from examroom.agent.uplink import Backoff, Uplink
 from tests.mqttwatch import Watcher
 
 

@@ -32,9 +32,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))  # the agent's own checks, from this checkout
 
-from agent.config import parse  # noqa: E402
-from agent.errors import ConfigError  # noqa: E402
-from agent.seatplan import load_seatplan  # noqa: E402
+from examroom.agent.config import parse  # noqa: E402
+from examroom.agent.errors import ConfigError  # noqa: E402
+from examroom.agent.seatplan import load_seatplan  # noqa: E402
 
 COLUMNS = ("room", "label", "seatplan", "hostname")
 

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # the rule of agent/config.py
+TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # the rule of examroom/agent/config.py
 ROOM_WRITES = ("status", "heartbeat", "event/#", "reply/#")
 
 

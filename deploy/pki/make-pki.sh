@@ -57,7 +57,7 @@ shift 2
 
 command -v openssl >/dev/null || die "openssl not found (Debian package openssl)"
 
-safe_id() {  # the same rule as agent/config.py TOPIC_SAFE
+safe_id() {  # the same rule as examroom/agent/config.py TOPIC_SAFE
   [[ "$2" =~ ^[A-Za-z0-9_-]{1,64}$ ]] || die "$1 \"$2\" must be 1-64 of [A-Za-z0-9_-] (it is part of MQTT topics)"
 }
 

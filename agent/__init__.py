@@ -1,2 +1,0 @@
-"""examroom: the exam-room edge agent."""
-__version__ = "0.1.0"

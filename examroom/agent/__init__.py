@@ -1,0 +1,1 @@
+"""The room daemon: exam meaning of the hardware, durable spool, MQTT uplink, proctor CLI."""

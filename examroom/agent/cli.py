@@ -1,0 +1,240 @@
+"""``examroom-agent``: the one command sysadmins and technicians use.
+
+Exit codes follow gpiozero's pintest, plus one (EXIT_CODES, also in ``--help``):
+0 success; 1 the thing checked failed (self-test failed, command refused), the
+running agent could not be reached, or ``run`` failed on something outside the
+config (disk, port: it may clear up, so systemd restarts it); 2 usage or
+configuration error, including a path the agent cannot write (restarting cannot
+fix it: the unit's RestartPreventExitStatus=2); 3 another agent already runs on
+this spool or control socket. 3 is not a config error: the config is fine and
+the other agent will end (a technician's hand-started ``run``), so systemd keeps
+retrying and the service comes up by itself once it has.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from examroom import __version__
+from examroom.agent.errors import ConfigError
+
+DEFAULT_CONFIG = "/etc/examroom/agent.toml"
+EXIT_ALREADY_RUNNING = 3
+EXIT_CODES = ("exit codes: 0 success; 1 check failed, agent unreachable, or run could not start "
+              "(disk, port: may clear up); 2 usage or configuration error (the file, or a path "
+              "in it the agent cannot write); 3 another agent already runs on this spool or "
+              "control socket")
+
+
+def _load(path: str):
+    from examroom.agent.config import load
+
+    return load(path)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 3600:  # nan fails too
+        raise argparse.ArgumentTypeError(f"expected 0-3600 seconds, got {text}")
+    return value
+
+
+def _call(args: argparse.Namespace, cmd: str, timeout: float = 30.0, **kw: Any) -> dict[str, Any]:
+    from examroom.agent.control import call
+
+    cfg = _load(args.config)
+    return call(cfg.control["socket"], cmd, timeout=getattr(args, "timeout", None) or timeout, **kw)
+
+
+def _with_timeout(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    sp.add_argument("--timeout", type=_seconds, metavar="S", help="give up on a hung agent after S s (default 30)")
+    return sp
+
+
+def _preflight(cfg: Any, as_service: bool) -> Any:
+    """Everything check-config checks beyond the file itself, as one ConfigError: the paths
+    the agent writes and the seat plan. ``run`` passes it before it opens anything, so the
+    unit needs no ExecStartPre (whose exit 2 systemd would restart). Returns the seat plan."""
+    from examroom.agent.config import check_paths
+
+    problems = check_paths(cfg, as_service=as_service)
+    plan = None
+    if cfg.checkin["seatplan"]:
+        from examroom.agent.seatplan import load_seatplan
+
+        try:
+            plan = load_seatplan(cfg.checkin["seatplan"], cfg.room["id"])
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+    return plan
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from examroom.agent.daemon import run_agent
+
+    cfg = _load(args.config)
+    _preflight(cfg, as_service=True)  # run is the service user: no allowance for another one
+    level = args.log_level or cfg.log["level"]
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_agent(cfg)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    plan = _preflight(cfg, as_service=False)
+    devices = ", ".join(f"{d.name} ({d.kind}/{d.backend})" for d in cfg.devices) or "none"
+    print(f"{args.config}: OK — room {cfg.room['id']} of site {cfg.site['id']}, "
+          f"topics under {cfg.base_topic}/, devices: {devices}")
+    if cfg.schedule is not None:
+        print(f"  exam sessions: {len(cfg.exams)}")
+    if plan is not None:
+        print(f"  seat plan: {len(plan)} candidates, sha256 {plan.sha256[:16]}…")
+    return 0
+
+
+def _reply(resp: dict[str, Any], human: str | None = None) -> int:
+    if not resp.get("ok"):
+        print(f"error: {resp.get('error')}", file=sys.stderr)
+        return 1
+    resp.pop("ok", None)
+    print(human if human is not None else json.dumps(resp, ensure_ascii=False, indent=2))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    resp = _call(args, "status")
+    if args.json or not resp.get("ok"):
+        return _reply(resp)
+    b, sp = resp["broker"], resp["spool"]
+    lines = [
+        f"room      {resp['agent']['room']} ({resp['agent']['room_label']}) of site {resp['agent']['site']}",
+        f"state     {resp['state']}" + "".join(f"\n  alert   {a}" for a in resp["alerts"]),
+        f"broker    {'connected' if b['connected'] else 'NOT connected'} to {b['host']}:{b['port']}, "
+        f"session {b['session']}, rtt {b['rtt_ms']} ms",
+        f"spool     {sp['events']} events waiting ({sp['bytes']} bytes), oldest {sp['oldest_age_s']} s"
+        + (", OVERFULL" if sp["overfull"] else ""),
+        f"heartbeat {resp['last_heartbeat'] or 'none yet'}",
+        "devices:",
+    ]
+    for name, d in resp["devices"].items():
+        lines.append(f"  {name:<12} {d['kind']:<15} {d['backend']:<9} {d['state']}"
+                     + (f" ({d['reason']})" if d.get("reason") else ""))
+    if resp.get("exam"):
+        lines.append("exam:      " + json.dumps(resp["exam"], ensure_ascii=False))
+    return _reply(resp, "\n".join(lines))
+
+
+def cmd_note(args: argparse.Namespace) -> int:
+    kw: dict[str, Any] = {"text": " ".join(args.text)}
+    if args.author:
+        kw["author"] = args.author
+    resp = _call(args, "note", **kw)
+    return _reply(resp, f"note recorded as event seq {resp.get('seq')}")
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    return _reply(_call(args, "sim", words=args.words))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from examroom.agent.watch import watch
+
+    tls = {"ca": args.cafile, "cert": args.cert, "key": args.key}
+    if args.config:
+        cfg = _load(args.config)
+        host, port, prefix = cfg.mqtt["host"], cfg.mqtt["port"], cfg.mqtt["topic_prefix"]
+        tls = {"ca": args.cafile or cfg.mqtt["tls_ca"], "cert": args.cert or cfg.mqtt["tls_cert"],
+               "key": args.key or cfg.mqtt["tls_key"]}
+    else:
+        host, port, prefix = args.host, args.port, args.prefix
+    return watch(host, port, prefix, raw=args.raw, duration=args.duration, tls=tls)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from examroom.agent import selftest_cli
+
+    p = argparse.ArgumentParser(prog="examroom-agent", description="Exam-room edge agent", epilog=EXIT_CODES)
+    p.add_argument("--version", action="version", version=f"examroom-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"agent config (default {DEFAULT_CONFIG})")
+        return sp
+
+    sp = with_config(sub.add_parser(
+        "run", help="run the agent (foreground; systemd runs this)", epilog=EXIT_CODES,
+        description="Checks the config and the paths it writes (exit 2), takes the spool's lock "
+                    "(exit 3 if another agent holds it), then starts; nothing is opened before."))
+    sp.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sp.set_defaults(fn=cmd_run)
+    sp = sub.add_parser("check-config", help="check a config file and exit (2 on any problem)",
+                        description="Checks the file, its seat plan and that the agent can write the "
+                                    "paths it names (a directory systemd creates for the service "
+                                    "may be missing; see docs/deployment.md).")
+    sp.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    sp.set_defaults(fn=cmd_check)
+    sp = _with_timeout(with_config(sub.add_parser("status", help="state of the running agent")))
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_status)
+    sp = _with_timeout(with_config(sub.add_parser("note", help="record a note that travels to the aggregator")))
+    sp.add_argument("text", nargs="+")
+    sp.add_argument("--author")
+    sp.set_defaults(fn=cmd_note)
+    selftest_cli.add_command(sub, with_config)
+    sp = with_config(sub.add_parser("sim", help="act out hardware on simulated devices",
+                                    description="e.g. sim card 410105199001011234 | sim alarm on | "
+                                                "sim button clear | sim audio silence | sim camera black"))
+    sp.add_argument("words", nargs="+")
+    sp.set_defaults(fn=cmd_sim)
+    sp = sub.add_parser("watch", help="the aggregator's view: follow every room's topics live")
+    sp.add_argument("--config", "-c", help="take broker and prefix from this agent config")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=1883)
+    sp.add_argument("--prefix", default="exam")
+    sp.add_argument("--raw", action="store_true", help="print topic and payload as received")
+    sp.add_argument("--duration", type=float, help="stop after this many seconds")
+    sp.add_argument("--cafile", help="CA certificate of a TLS broker")
+    sp.add_argument("--cert", help="client certificate (aggregator/ops) for a TLS broker")
+    sp.add_argument("--key", help="its private key")
+    sp.set_defaults(fn=cmd_watch)
+    from examroom.agent import cli_exam
+
+    cli_exam.add_commands(sub, with_config, _call, _reply)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from examroom.agent.control import AgentUnreachable
+    from examroom.agent.instance import AlreadyRunning, StartFailed
+
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except AlreadyRunning as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ALREADY_RUNNING
+    except (AgentUnreachable, StartFailed) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

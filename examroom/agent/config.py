@@ -1,0 +1,415 @@
+"""The agent's TOML configuration: parsed, checked whole, and frozen.
+
+Every problem in the file is collected before anything starts, so a sysadmin
+fixes the file in one pass and the agent never runs half-configured. Keys are
+described once in ``SCHEMA``; the same table produces the error messages.
+Relative paths are taken relative to the config file, so a config and its seat
+plan can travel together.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from examroom.agent.errors import ConfigError, Problem
+from examroom.drivers.base import Option
+
+TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
+RESERVED_ROOM_IDS = {"broadcast"}
+SCHEMA_VERSION = 1
+
+
+def _topic_safe(v: str) -> bool:
+    return bool(TOPIC_SAFE.match(v))
+
+
+def _port(v: int) -> bool:
+    return 0 < v < 65536
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _host(v: str) -> bool:
+    # "" would make paho connect to nothing and retry for ever with no useful error
+    return bool(v) and not any(c.isspace() for c in v)
+
+
+def _listen(v: str) -> bool:
+    if v == "":
+        return True
+    host, sep, port = v.rpartition(":")
+    # isascii: "²".isdigit() is True but int("²") raises
+    return bool(sep) and port.isascii() and port.isdigit() and 0 <= int(port) < 65536
+
+
+SCHEMA: dict[str, dict[str, Option]] = {
+    "site": {
+        "id": Option(str, required=True, check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
+        "name": Option(str, default=""),
+    },
+    "room": {
+        "id": Option(str, required=True,
+                  check=lambda v: _topic_safe(v) and v not in RESERVED_ROOM_IDS,
+                  expected='1-64 of [A-Za-z0-9_-], not "broadcast"'),
+        "label": Option(str, default=""),
+    },
+    "mqtt": {
+        "host": Option(str, default="127.0.0.1", check=_host, expected="a host name or IP address"),
+        "port": Option(int, default=1883, check=_port, expected="a TCP port 1-65535"),
+        "topic_prefix": Option(str, default="exam", check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
+        "keepalive_s": Option(int, default=10, check=lambda v: 2 <= v <= 600, expected="2-600 seconds"),
+        "username": Option(str, default=""),
+        "password": Option(str, default=""),
+        "tls_ca": Option(str, default="", path=True),
+        "tls_cert": Option(str, default="", path=True),
+        "tls_key": Option(str, default="", path=True),
+        "reconnect_min_s": Option((int, float), default=0.5, check=_positive, expected="> 0 seconds"),
+        "reconnect_max_s": Option((int, float), default=30.0, check=_positive, expected="> 0 seconds"),
+        "inflight": Option(int, default=100, check=lambda v: 1 <= v <= 1000, expected="1-1000 messages"),
+    },
+    "spool": {
+        "path": Option(str, default="/var/lib/examroom/spool.db", path=True),
+        "max_bytes": Option(int, default=64 * 1024 * 1024, check=lambda v: v >= 64 * 1024,
+                         expected=">= 65536 bytes"),
+        "sync": Option(str, default="full", check=lambda v: v in ("full", "normal"),
+                    expected='"full" (survives power loss) or "normal" (survives a crash)'),
+    },
+    "heartbeat": {
+        "interval_s": Option((int, float), default=10, check=lambda v: 0.1 <= v <= 3600,
+                          expected="0.1-3600 seconds"),
+    },
+    "control": {
+        "socket": Option(str, default="/run/examroom/agent.sock", path=True),
+    },
+    "metrics": {
+        "listen": Option(str, default="127.0.0.1:9108", check=_listen,
+                      expected='"host:port" or "" to disable'),
+    },
+    "checkin": {
+        "seatplan": Option(str, default="", path=True),
+        "record_dir": Option(str, default="/var/lib/examroom/records", path=True),
+        "journal": Option(str, default="/var/lib/examroom/checkin.journal", path=True),
+    },
+    "listening": {
+        "auto_switch_backup": Option(bool, default=False),
+    },
+    "log": {
+        "level": Option(str, default="INFO",
+                     check=lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+                     expected="DEBUG, INFO, WARNING or ERROR"),
+    },
+}
+
+_ARRAYS = {"device", "exam"}
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    kind: str
+    name: str
+    backend: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    sections: dict[str, dict[str, Any]]
+    devices: tuple[DeviceConfig, ...] = ()
+    exams: tuple[dict[str, Any], ...] = ()
+    schedule: Any = None  # agent.schedule.Schedule when [[exam]] tables are given
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # config.mqtt["port"] reads better than config.sections["mqtt"]["port"]
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(name)
+
+    @property
+    def base_topic(self) -> str:
+        return f"{self.mqtt['topic_prefix']}/{self.site['id']}/{self.room['id']}"
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+             list: "a list", dict: "a table"}
+    if isinstance(t, tuple):
+        return " or ".join(names.get(x, x.__name__) for x in t)
+    return names.get(t, t.__name__)
+
+
+def _type_ok(value: Any, t: type | tuple[type, ...]) -> bool:
+    types = t if isinstance(t, tuple) else (t,)
+    if isinstance(value, bool) and bool not in types:
+        return False  # TOML true is not a port number
+    return isinstance(value, types)
+
+
+def check_table(table: Any, schema: dict[str, Any], file: str, prefix: str,
+                base_dir: Path, problems: list[Problem]) -> dict[str, Any]:
+    """Check one table against its ``Option`` schema; fill defaults. Every problem is collected."""
+    if not isinstance(table, dict):
+        problems.append(Problem(file, prefix, "expected a table", table))
+        return {}
+    out: dict[str, Any] = {}
+    for key in table:
+        if key not in schema:
+            known = ", ".join(sorted(schema)) or "none"
+            problems.append(Problem(file, f"{prefix}.{key}", f"unknown key (known: {known})"))
+    for key, spec in schema.items():
+        where = f"{prefix}.{key}"
+        if key not in table:
+            if spec.required:
+                problems.append(Problem(file, where, f"missing; expected {_type_name(spec.type)}"))
+            out[key] = spec.default
+            continue
+        value = table[key]
+        if not _type_ok(value, spec.type):
+            problems.append(Problem(file, where, f"expected {_type_name(spec.type)}", value))
+            continue
+        if spec.check is not None and not spec.check(value):
+            problems.append(Problem(file, where, f"expected {spec.expected}", value))
+            continue
+        if spec.path and value:
+            value = str((base_dir / value).resolve()) if not Path(value).is_absolute() else value
+        out[key] = value
+    return out
+
+
+def _check_devices(tables: Any, file: str, base_dir: Path,
+                   problems: list[Problem]) -> list[DeviceConfig]:
+    from examroom import drivers  # registry only: imports no hardware library
+
+    if not isinstance(tables, list):
+        problems.append(Problem(file, "device", "expected [[device]] tables", tables))
+        return []
+    devices: list[DeviceConfig] = []
+    names: set[str] = set()
+    for i, table in enumerate(tables):
+        where = f"device[{i}]"
+        if not isinstance(table, dict):
+            problems.append(Problem(file, where, "expected a table", table))
+            continue
+        # every check that does not depend on an earlier one runs: a wrong backend must not
+        # hide a bad name (the sysadmin would fix one, rerun, and only then see the next)
+        kind, name, backend = table.get("kind"), table.get("name"), table.get("backend")
+        known = kind in drivers.kinds() and backend in drivers.backends(kind)
+        ok = known
+        if kind not in drivers.kinds():
+            problems.append(Problem(file, f"{where}.kind",
+                                    f"expected one of {', '.join(drivers.kinds())}", kind))
+        elif not known:
+            problems.append(Problem(file, f"{where}.backend",
+                                    f"expected one of {', '.join(drivers.backends(kind))} for {kind}",
+                                    backend))
+        if not isinstance(name, str) or not _topic_safe(name):
+            problems.append(Problem(file, f"{where}.name", "expected 1-64 of [A-Za-z0-9_-]", name))
+            ok = False
+        elif name in names:
+            problems.append(Problem(file, f"{where}.name", "duplicate device name", name))
+            ok = False
+        else:
+            names.add(name)
+        if not known:
+            continue  # the options depend on the driver: nothing to check them against
+        cls = drivers.driver_class(kind, backend)
+        rest = {k: v for k, v in table.items() if k not in ("kind", "name", "backend")}
+        options = check_table(rest, cls.options, file, where, base_dir, problems)
+        if ok:
+            devices.append(DeviceConfig(kind, name, backend, options))
+    return devices
+
+
+def _check_backoff(mq: dict[str, Any], given: Any, file: str) -> list[Problem]:
+    """The back-off grows from min to max; with min > max it would shrink after the first
+    wait instead, so neither value would mean what the sysadmin wrote."""
+    lo, hi = mq.get("reconnect_min_s"), mq.get("reconnect_max_s")  # absent if already reported
+    if lo is None or hi is None or lo <= hi:
+        return []
+    if isinstance(given, dict) and "reconnect_max_s" in given:
+        return [Problem(file, "mqtt.reconnect_max_s", f"expected >= reconnect_min_s ({lo})", hi)]
+    return [Problem(file, "mqtt.reconnect_min_s", f"expected <= reconnect_max_s ({hi})", lo)]
+
+
+def _check_tls(mq: dict[str, Any], file: str) -> list[Problem]:
+    """Load the TLS files as the uplink will, so a wrong key fails here (exit 2, no restart
+    loop under systemd) rather than on every start of the service."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    try:
+        if mq.get("tls_ca"):
+            ctx.load_verify_locations(mq["tls_ca"])
+    except (ssl.SSLError, OSError) as e:
+        return [Problem(file, "mqtt.tls_ca", f"expected a readable PEM CA certificate ({e})", mq["tls_ca"])]
+    try:
+        if mq.get("tls_cert"):
+            ctx.load_cert_chain(mq["tls_cert"], mq["tls_key"])
+    except (ssl.SSLError, OSError) as e:
+        return [Problem(file, "mqtt.tls_key", f"expected the readable private key of tls_cert ({e})",
+                        mq["tls_key"])]
+    return []
+
+
+def parse(text: str, file: str) -> Config:
+    """Parse and check a config text; raises ConfigError with every problem found."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([Problem(file, "(syntax)", f"not valid TOML: {e}")]) from None
+    problems: list[Problem] = []
+    base_dir = Path(file).resolve().parent
+    version = raw.get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION:  # TOML true == 1 in Python
+        problems.append(Problem(file, "schema_version", f"expected {SCHEMA_VERSION}", version))
+    for key in raw:
+        if key not in SCHEMA and key not in _ARRAYS and key != "schema_version":
+            known = ", ".join(sorted([*SCHEMA, *_ARRAYS]))
+            problems.append(Problem(file, key, f"unknown section (known: {known})"))
+    sections = {name: check_table(raw.get(name, {}), keys, file, name, base_dir, problems)
+                for name, keys in SCHEMA.items()}
+    mq = sections["mqtt"]
+    for have, lack in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+        if mq.get(have) and not mq.get(lack):
+            problems.append(Problem(file, f"mqtt.{lack}", f"missing; expected with {have} (they go together)"))
+    problems.extend(_check_backoff(mq, raw.get("mqtt"), file))
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        if mq.get(key) and not Path(mq[key]).is_file():
+            problems.append(Problem(file, f"mqtt.{key}", "expected an existing file", mq[key]))
+    if not problems:
+        problems.extend(_check_tls(mq, file))
+    devices = _check_devices(raw.get("device", []), file, base_dir, problems)
+    exams = raw.get("exam", [])
+    schedule = None
+    if exams:
+        from examroom.agent.schedule import parse_sessions
+
+        try:
+            schedule = parse_sessions(exams, file)
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
+    return Config(file=file, sections=sections, devices=tuple(devices),
+                  exams=tuple(exams), schedule=schedule, raw=raw)
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([Problem(str(p), "(file)", f"cannot read: {e.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem(str(p), "(file)", "expected UTF-8 text")]) from None
+    return parse(text, str(p))
+
+
+# -- the places the agent writes -----------------------------------------------------------
+#
+# check-config and run check them, so a path the agent cannot use stops it with exit 2
+# before it opens anything, not with a traceback after the uplink is up. The rule:
+#   * the directory (or, if it does not exist yet, the nearest parent that does) must be a
+#     directory on a read-write file system;
+#   * its permission bits must let the user write in it and enter it. Root is judged by the
+#     bits like any user: the agent runs as its own user (the unit's User=), and root's
+#     override would let /proc (mode 0555) pass;
+#   * check-config only, since it may run as another user than the service (root before
+#     the install, a technician in the examroom group): a missing directory that systemd
+#     creates for the service when it starts it (MANAGED_DIRS, the unit's StateDirectory= and
+#     RuntimeDirectory=) is fine when its parent exists, and a directory owned by another
+#     non-root user is judged by its owner's bits (the service user owns its directories).
+# ``run`` has neither allowance: it is the service user, at the moment it starts.
+
+MANAGED_DIRS = (Path("/var/lib/examroom"), Path("/run/examroom"))
+SOCKET_PATH_MAX = 107  # a Unix socket address holds 108 bytes, the last one a NUL
+DEVICE_WRITE_DIRS = ("snapshot_dir",)  # device options naming a directory its driver writes
+
+
+def written_paths(cfg: Config) -> list[tuple[str, str, bool]]:
+    """(key, path, is a directory) of every place this config makes the agent write."""
+    out = [("spool.path", cfg.spool["path"], False), ("control.socket", cfg.control["socket"], False)]
+    if cfg.checkin["seatplan"] or any(d.kind == "audio" for d in cfg.devices):
+        out.append(("checkin.record_dir", cfg.checkin["record_dir"], True))  # records, trial reports
+    if cfg.checkin["seatplan"]:
+        out.append(("checkin.journal", cfg.checkin["journal"], False))
+    for i, d in enumerate(cfg.devices):  # cfg.devices holds every [[device]]: none had a problem
+        out += [(f"device[{i}].{k}", d.options[k], True) for k in DEVICE_WRITE_DIRS if d.options.get(k)]
+    return out
+
+
+def check_paths(cfg: Config, *, as_service: bool) -> list[Problem]:
+    """One Problem per path the agent could not write; ``as_service``: judged as the user
+    running this process, with no allowance (``run``), else as check-config (see above)."""
+    problems = []
+    for key, value, is_dir in written_paths(cfg):
+        message = _path_problem(Path(value).absolute(), is_dir, as_service)
+        if message is None and key == "control.socket" and len(os.fsencode(value)) > SOCKET_PATH_MAX:
+            message = f"expected a path of at most {SOCKET_PATH_MAX} bytes (a Unix socket's limit)"
+        if message is not None:
+            problems.append(Problem(cfg.file, key, message, value))
+    return problems
+
+
+def _path_problem(path: Path, is_dir: bool, as_service: bool) -> str | None:
+    if not is_dir:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            mode = 0  # not there (or not reachable): the directory check below says which
+        if stat.S_ISDIR(mode):
+            return "expected a file name; it is a directory"
+        if as_service and stat.S_ISREG(mode) and not os.access(path, os.W_OK):
+            return f"expected a file user {_user(os.geteuid())} may write; it is read-only to it"
+    probe, missing = (path if is_dir else path.parent), None
+    while True:
+        try:
+            st = probe.stat()
+            break
+        except (FileNotFoundError, NotADirectoryError):  # not there yet: the agent creates it
+            probe, missing = probe.parent, probe
+        except OSError as e:
+            return f"expected a directory the agent can use; {probe}: {e.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"expected a directory; {probe} is not one"
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        return f"expected a writable file system; {probe} is on a read-only one"
+    if not as_service and missing is not None and Path(os.path.realpath(probe), missing.name) in MANAGED_DIRS:
+        return None  # systemd makes it, owned by the service user, before ``run`` starts
+    if _may_write(probe, st, as_service):
+        return None
+    who = _user(os.geteuid())
+    bits = f"{probe} is mode {stat.S_IMODE(st.st_mode):04o}, owner {_user(st.st_uid)}"
+    if missing is not None:
+        return f"expected a directory user {who} can create; {bits}, so it cannot create {missing.name} in it"
+    return f"expected a directory user {who} can write in; {bits}"
+
+
+def _may_write(directory: Path, st: os.stat_result, as_service: bool) -> bool:
+    uid = os.geteuid()
+    if uid != 0:
+        if os.access(directory, os.W_OK | os.X_OK):  # the kernel's answer: ACLs included
+            return True
+    else:  # root passes access() everywhere: ask the bits, as for any user
+        shift = 6 if st.st_uid == uid else 3 if st.st_gid in {os.getegid(), *os.getgroups()} else 0
+        if (st.st_mode >> shift) & 0o3 == 0o3:
+            return True
+    # check-config may run as root or a technician; the service user owns its directories
+    return not as_service and st.st_uid not in (uid, 0) and st.st_mode & 0o300 == 0o300
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

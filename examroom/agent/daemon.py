@@ -1,0 +1,224 @@
+"""The agent's lifecycle: spool, devices, uplink, control socket, heartbeat.
+
+Start order matters: the spool first (nothing may be emitted before it is
+durable), then the room's listeners, the devices, the uplink, the control
+socket, then READY=1. Before any of it, the instance lock (run_agent) and a
+live agent on the control socket are checked, and a start that fails part-way
+stops what had started. Stop: the control socket first (no new requests), then
+the room, the uplink (a retained "offline" said explicitly so the aggregator
+does not wait for the keep-alive), the devices, and the spool last.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from examroom import __version__
+from examroom.drivers.bus import Bus
+from examroom.agent.commands import Commands
+from examroom.agent.config import Config
+from examroom.agent.control import ControlServer
+from examroom.agent.devices import Devices
+from examroom.agent.events import Event, iso_now
+from examroom.agent.hostinfo import host_health
+from examroom.agent.instance import InstanceLock, StartFailed
+from examroom.agent.metrics import Metrics
+from examroom.agent.room import Room
+from examroom.agent.sdnotify import notify, watchdog_interval_s
+from examroom.agent.spool import Spool
+from examroom.agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = Metrics()
+        self.bus = Bus()
+        self.spool = Spool(config.spool["path"], config.spool["max_bytes"], config.spool["sync"],
+                           on_drop=lambda kind: self.metrics.dropped.labels(kind=kind).inc())
+        self.devices = Devices(config.devices, self.bus, self.metrics, clock)
+        self.room = Room(self)
+        self.commands = Commands(self)
+        self.uplink = Uplink(config.mqtt, config.base_topic,
+                             f"{config.mqtt['topic_prefix']}/{config.site['id']}/broadcast",
+                             self.spool, self.metrics, self._birth, self._will,
+                             self.commands.on_mqtt)
+        self.control = ControlServer(config.control["socket"], self.commands.table)
+        self.started_mono = time.monotonic()
+        self.last_heartbeat: str | None = None
+        self._stop = threading.Event()
+        self._metrics_server: Any = None
+        self.loop_errors: dict[str, str] = {}  # main-loop step -> last error, shown as alerts
+        self._published_state = ""
+
+    # -- events -------------------------------------------------------------
+    def emit(self, kind: str, data: dict[str, Any]) -> Event | None:
+        """Commit an event to the spool, then let the uplink send it. Thread-safe: the
+        spool's lock orders concurrent events; seq is their order."""
+        ev = self.spool.append(kind, data, self.uplink.session, self.uplink.connected, now=self.clock())
+        if ev is not None:  # None: telemetry refused by a full spool, counted by on_drop
+            self.metrics.spooled.labels(kind=kind).inc()
+            self.uplink.offer(ev)
+        return ev
+
+    # -- payloads -----------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        c = self.config
+        return {"site": c.site["id"], "site_name": c.site["name"],
+                "room": c.room["id"], "room_label": c.room["label"]}
+
+    def _birth(self, session: int) -> dict[str, Any]:
+        state, alerts = self.room.state()
+        self._published_state = f"{state}|{alerts}|{session}"  # birth is a status publication
+        return {"state": state, "session": session, "ts": iso_now(self.clock()), **self._identity(),
+                "version": __version__, "alerts": alerts,
+                "devices": {n: {"kind": d["kind"], "state": d["state"]}
+                            for n, d in self.devices.statuses().items()}}
+
+    def _will(self, session: int) -> dict[str, Any]:
+        return {"state": "offline", "session": session, "ts": iso_now(self.clock()), **self._identity()}
+
+    def heartbeat(self) -> dict[str, Any]:
+        depth = self.spool.depth()
+        self.metrics.spool_depth.set(depth["events"])
+        self.metrics.spool_bytes.set(depth["bytes"])
+        state, alerts = self.room.state()
+        return {
+            "ts": iso_now(self.clock()), "session": self.uplink.session, "state": state,
+            "alerts": alerts, "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "spool": {"events": depth["events"], "bytes": depth["bytes"],
+                      "oldest_age_s": depth["oldest_age_s"], "overfull": depth["overfull"],
+                      "dropped": depth["dropped"]},
+            "rtt_ms": self.uplink.rtt_ms,
+            "devices": self.devices.statuses(),
+            "exam": self.room.exam_state(),
+            "host": host_health(str(Path(self.config.spool["path"]).parent)),
+        }
+
+    def status(self) -> dict[str, Any]:
+        state, alerts = self.room.state()
+        return {"agent": {"version": __version__, "pid": os.getpid(), **self._identity()},
+                "broker": {"connected": self.uplink.connected, "session": self.uplink.session,
+                           "host": self.config.mqtt["host"], "port": self.config.mqtt["port"],
+                           "rtt_ms": self.uplink.rtt_ms},
+                "state": state, "alerts": alerts,
+                "spool": self.spool.depth(), "last_heartbeat": self.last_heartbeat,
+                "devices": self.devices.statuses(), "exam": self.room.exam_state()}
+
+    def publish_state_if_changed(self) -> None:
+        """The retained status follows the room between online and alert."""
+        state, alerts = self.room.state()
+        key = f"{state}|{alerts}|{self.uplink.session}"
+        if key != self._published_state and self.uplink.connected:
+            if self.uplink.publish_live("status", self._birth(self.uplink.session), retain=True):
+                self._published_state = key
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        """Start whole or not at all: on any failure what had started is stopped again
+        (a retained "offline" follows a birth already sent), and the error goes up; an
+        OSError or SQLite error becomes StartFailed naming the part that failed."""
+        self.control.check_free()  # before the spool and the broker: a second agent touches nothing
+        steps: list[tuple[str, Callable[[], None]]] = [
+            (f"spool {self.config.spool['path']}", self.spool.open),
+            ("room", self.room.start),  # listeners before devices: nothing a device says at start is lost
+            ("devices", self.devices.start),
+            ("uplink", self.uplink.start),
+            (f"control socket {self.control.path}", self.control.start)]
+        listen = self.config.metrics["listen"]
+        if listen:
+            steps.append((f"metrics listener {listen}", lambda: self._serve_metrics(listen)))
+        for what, step in steps:
+            try:
+                step()
+            except BaseException as e:
+                self._abort_start(what)
+                if isinstance(e, (OSError, sqlite3.Error)):
+                    raise StartFailed(f"the agent could not start its {what}: {e}") from e
+                raise
+        notify("READY=1")
+        log.info("agent ready: %s", self.config.base_topic)
+
+    def _serve_metrics(self, listen: str) -> None:
+        self._metrics_server = self.metrics.serve(listen)
+
+    def _abort_start(self, what: str) -> None:
+        try:
+            self.stop()
+        except Exception:  # the first error is the one to report
+            log.exception("stopping after the failed start of the %s failed too", what)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Main loop: heartbeat, exam ticks, watchdog. Returns when asked to stop."""
+        interval = float(self.config.heartbeat["interval_s"])
+        wd = watchdog_interval_s()
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + interval
+                self._step("heartbeat", self._beat)
+            self._step("exam tick", self.room.tick)
+            self._step("status", self.publish_state_if_changed)
+            if wd is not None and self.uplink.alive():
+                notify("WATCHDOG=1")  # a dead uplink thread lets systemd restart us
+            wait = min(next_beat - time.monotonic(), 0.5, wd or 0.5)
+            self._stop.wait(max(wait, 0.01))
+
+    def _beat(self) -> None:
+        hb = self.heartbeat()
+        if self.uplink.publish_live("heartbeat", hb, probe=True):
+            self.last_heartbeat = hb["ts"]
+
+    def _step(self, what: str, fn: Callable[[], None]) -> None:
+        """One failing step (a record file that cannot be written) must not end the daemon:
+        a restart would fail the same way and stop the card readers with it."""
+        try:
+            fn()
+            self.loop_errors.pop(what, None)
+        except Exception as e:
+            if what not in self.loop_errors:
+                log.exception("%s failed", what)
+            self.loop_errors[what] = f"{type(e).__name__}: {e}"
+
+    def stop(self) -> None:
+        notify("STOPPING=1")
+        self.control.stop()
+        self.room.stop()
+        self.uplink.stop()
+        self.devices.stop()
+        if self._metrics_server is not None:
+            server, _thread = self._metrics_server
+            server.shutdown()
+        self.spool.close()
+
+
+def run_agent(config: Config) -> int:
+    """Run until SIGTERM/SIGINT. The instance lock comes first, before anything is opened,
+    and is held until the process ends; AlreadyRunning and StartFailed go to the CLI."""
+    os.umask(0o027)  # records, snapshots and reports hold personal data: not world-readable
+    lock = InstanceLock(config.spool["path"]).acquire()
+    try:
+        agent = Agent(config)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: agent.request_stop())
+        agent.start()
+        try:
+            agent.run()
+        finally:
+            agent.stop()
+    finally:
+        lock.release()
+    return 0

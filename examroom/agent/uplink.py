@@ -1,0 +1,448 @@
+"""MQTT v5 uplink to the site aggregator: knows topics and QoS, not the exam.
+
+One thread owns the paho client, through paho's external-loop API (``socket()``,
+``loop_read`` / ``loop_write`` / ``loop_misc``, ``want_write``): it connects with
+a fresh ``session`` number and a matching retained Last Will, reconnects with
+capped exponential back-off and jitter, and moves events from the spool to the
+broker in ``seq`` order, keeping at most ``inflight`` unacknowledged, and acks
+the spool only on PUBACK. Other threads never call paho: they hand committed
+events over (``offer``) or queue live messages (heartbeat, replies) and wake the
+thread through a socket pair. With two threads sharing paho (the earlier design)
+every publish and every PUBACK fought over paho's mutexes and the GIL, which cost
+more than the rest of the send path.
+
+The spool, not paho, is the source of truth: paho keeps its queue in memory
+only, so on every (re)connect its leftover queue is dropped and sending starts
+again from the oldest unacknowledged event. A duplicate after a lost PUBACK is
+possible (the aggregator de-duplicates by ``id``); a loss or a reordering is not.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, NamedTuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from examroom.agent.events import Event
+from examroom.agent.metrics import Metrics
+from examroom.agent.spool import Spool
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[str, bytes, Any], None]
+IDLE_WAIT_S = 1.0  # the loop's longest sleep: keep-alive checks need a turn now and then
+GOODBYE_WAIT_S = 3.0  # how long a clean stop waits for the broker to take the offline status
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Backoff:
+    """Capped exponential back-off with jitter: the rooms of a site that lost the broker
+    together must not all knock again in the same instant when it returns."""
+
+    def __init__(self, low: float, high: float, rng: Callable[[], float] = random.random) -> None:
+        self.low, self.high, self.rng = low, high, rng
+        self._delay = low
+
+    def reset(self) -> None:
+        self._delay = self.low
+
+    def next(self) -> float:
+        """The wait before the next attempt: half to all of the current step, which doubles."""
+        wait = self._delay * (0.5 + 0.5 * self.rng())
+        self._delay = min(self._delay * 2, self.high)
+        return wait
+
+
+class _Live(NamedTuple):
+    """A message worth sending only now (heartbeat, status, reply): never spooled."""
+    topic: str
+    payload: bytes
+    retain: bool
+    correlation: bytes | None
+    probe: bool
+    command: str = ""
+
+
+class Uplink:
+    def __init__(self, mqtt_cfg: dict[str, Any], base_topic: str, broadcast_topic: str,
+                 spool: Spool, metrics: Metrics,
+                 birth: Callable[[int], dict[str, Any]],
+                 will: Callable[[int], dict[str, Any]],
+                 on_command: CommandHandler | None = None) -> None:
+        self.cfg = mqtt_cfg
+        self.base = base_topic
+        self.broadcast = broadcast_topic
+        self.spool = spool
+        self.metrics = metrics
+        self.birth = birth
+        self.will = will
+        self.on_command = on_command
+        self.session = 0
+        self.rtt_ms: float | None = None
+        self.rejected = 0  # events the broker refused this run (ACL, size): a person must look
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._client: mqtt.Client | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._woken = False
+        # Events just committed, handed over so the loop need not read them back; only a
+        # shortcut: the spool stays the truth, and any gap sends the loop back to it.
+        self._fresh: deque[Event] = deque(maxlen=4 * int(mqtt_cfg["inflight"]))
+        self._outbox: deque[_Live] = deque()
+        # loop-thread state
+        self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (seq, handed at)
+        self._acked: list[int] = []
+        self._last = 0  # highest seq handed to paho on this connection
+        self._probe: dict[int, float] = {}  # heartbeat mid -> publish time, for the round trip
+        self._goodbye_mid: int | None = None
+        self._goodbye_acked = False
+        self._published: dict[str, Any] = {}  # kind -> metric child (labels() is not free)
+
+    # -- public -------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def topic(self, suffix: str) -> str:
+        return f"{self.base}/{suffix}"
+
+    def start(self) -> None:
+        self.session = self.spool.last_session()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                             client_id=self.base.replace("/", "-"))
+        client.suppress_exceptions = True  # a raising callback must never kill the loop
+        client.max_inflight_messages_set(self.cfg["inflight"])
+        client.max_queued_messages_set(0)
+        if self.cfg["username"]:
+            client.username_pw_set(self.cfg["username"], self.cfg["password"] or None)
+        if self.cfg["tls_ca"] or self.cfg["tls_cert"]:
+            client.tls_set(ca_certs=self.cfg["tls_ca"] or None,
+                           certfile=self.cfg["tls_cert"] or None,
+                           keyfile=self.cfg["tls_key"] or None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        client.on_connect = self._guard(self._on_connect)
+        client.on_disconnect = self._guard(self._on_disconnect)
+        client.on_publish = self._guard(self._on_publish)
+        client.on_message = self._guard(self._on_message)
+        self._client = client
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread = threading.Thread(target=self._forever, name="uplink", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Say goodbye (retained offline status) if connected, then close. Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._wakeup()
+        if self._thread is not None:
+            self._thread.join(GOODBYE_WAIT_S + 2)
+        for s in (self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+
+    def offer(self, ev: Event) -> None:
+        """An event was committed to the spool: hand it to the loop, and wake it unless
+        something is in flight: then a PUBACK is coming, and the loop fills the window from
+        the hand-over when it handles it (a wake per event cost a syscall and a turn each)."""
+        self._fresh.append(ev)
+        if not self._inflight:
+            self._wakeup()
+
+    def publish_live(self, suffix: str, payload: dict[str, Any], retain: bool = False,
+                     probe: bool = False) -> bool:
+        """Queue state that is only worth having now (heartbeat, status); not spooled.
+        False when there is no connection to send it on."""
+        if not self.connected:
+            return False
+        self._outbox.append(_Live(self.topic(suffix), _dumps(payload), retain, None, probe))
+        self._wakeup()
+        return True
+
+    def publish_reply(self, topic: str, payload: dict[str, Any],
+                      correlation: bytes | None = None) -> None:
+        if not self.connected:
+            return
+        self._outbox.append(_Live(topic, _dumps(payload), False, correlation, False,
+                                  str(payload.get("command"))))
+        self._wakeup()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- waking the loop ----------------------------------------------------
+    def _wakeup(self) -> None:
+        # The flag spares a syscall per event while the loop is busy anyway. No wake is
+        # lost: the loop empties the pair, then clears the flag, then looks at the
+        # hand-over, so whatever was queued before a skipped send is seen. (Clearing
+        # first would let a byte sent in between be swallowed with the flag left set:
+        # every later wake skipped, the loop down to its idle polling.)
+        if self._woken or self._wake_w is None:
+            return
+        self._woken = True
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            assert self._wake_r is not None
+            self._wake_r.recv(4096)
+        except (BlockingIOError, OSError):
+            pass
+        self._woken = False
+
+    # -- the loop thread ----------------------------------------------------
+    def _forever(self) -> None:
+        """Keep the loop alive through unexpected errors (a spool that cannot be read for a
+        moment must not end delivery for good); ``alive`` tells the watchdog otherwise."""
+        while not self._stop.is_set():
+            try:
+                self._connect_loop()
+            except Exception:
+                self.metrics.callback_errors.inc()
+                log.exception("uplink loop failed; restarting it in 1 s")
+                self._set_connected(False)
+                self._stop.wait(1.0)
+
+    def _connect_loop(self) -> None:
+        client = self._client
+        assert client is not None
+        backoff = Backoff(float(self.cfg["reconnect_min_s"]), float(self.cfg["reconnect_max_s"]))
+        while not self._stop.is_set():
+            self.session = self.spool.next_session()
+            client.will_set(self.topic("status"), _dumps(self.will(self.session)), qos=1, retain=True)
+            try:
+                client.connect(self.cfg["host"], self.cfg["port"], keepalive=self.cfg["keepalive_s"],
+                               clean_start=True)
+            except (OSError, ssl.SSLError) as e:
+                wait = backoff.next()
+                log.warning("broker %s:%s unreachable: %s; retry in %.1f s",
+                            self.cfg["host"], self.cfg["port"], e, wait)
+                self.metrics.connect_failures.inc()
+                self._stop.wait(wait)
+                continue
+            if self._serve(client):
+                backoff.reset()
+            self._set_connected(False)
+            if self._stop.is_set():
+                break
+            self.metrics.reconnects.inc()
+            self._stop.wait(backoff.next())
+        self._flush_acks()
+
+    def _serve(self, client: mqtt.Client) -> bool:
+        """Run one connection until it is lost or the agent stops; True if it came up."""
+        came_up = False
+        deadline: float | None = None
+        while True:
+            if self._stop.is_set():
+                if deadline is None:
+                    if not self.connected:
+                        return came_up
+                    self._say_goodbye(client)
+                    deadline = time.monotonic() + GOODBYE_WAIT_S
+                if self._goodbye_acked:
+                    client.disconnect()
+                    self._io(client, 0.1)  # flush the DISCONNECT if it did not go at once
+                    return came_up
+                if time.monotonic() > deadline:
+                    # the offline status may not have arrived: leave with the Will instead
+                    client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
+                    self._io(client, 0.1)  # flush the DISCONNECT if it did not go at once
+                    return came_up
+            self._flush_outbox(client)
+            if self.connected and deadline is None:
+                came_up = True
+                self._fill_window(client)
+            if not self._io(client, self._wait_s()):
+                return came_up
+            if self._acked and (len(self._acked) >= self.cfg["inflight"] // 2
+                                or (not self._inflight and self._last >= self.spool.last_seq)):
+                self._flush_acks()  # one delete per half window, or once all is sent and acked
+
+    def _wait_s(self) -> float:
+        """No sleep while the window has room and the spool has more to send."""
+        if self._stop.is_set() and self.connected:
+            return 0.05
+        if (self.connected and self._last < self.spool.last_seq
+                and len(self._inflight) < self.cfg["inflight"]):
+            return 0.0
+        return min(IDLE_WAIT_S, self.cfg["keepalive_s"] / 2)
+
+    def _io(self, client: mqtt.Client, timeout: float) -> bool:
+        """One turn of paho's external loop; False when the connection is gone."""
+        sock = client.socket()
+        if sock is None or self._wake_r is None:
+            return False
+        if getattr(sock, "pending", None) and sock.pending():  # bytes already inside TLS
+            timeout = 0.0
+        wlist = [sock] if client.want_write() else []
+        try:
+            readable, writable, _ = select.select([sock, self._wake_r], wlist, [], timeout)
+        except (OSError, ValueError, TypeError):  # the socket was closed under us
+            return False
+        if self._wake_r in readable:
+            self._drain_wake()
+        for ready, step in ((sock in readable, client.loop_read), (bool(writable), client.loop_write),
+                            (True, client.loop_misc)):
+            if ready and (step() != mqtt.MQTT_ERR_SUCCESS or client.socket() is None):
+                return False
+        return True
+
+    def _flush_acks(self) -> None:
+        if self._acked:
+            self.spool.ack(self._acked)
+            self._acked = []
+            self.metrics.spool_depth.set(self.spool.pending)
+
+    def _fill_window(self, client: mqtt.Client) -> None:
+        room = self.cfg["inflight"] - len(self._inflight)
+        if room <= 0:
+            return
+        now = time.monotonic()
+        for ev in self._next_batch(room):
+            info = client.publish(self.topic(f"event/{ev.kind}"), ev.payload(self.session), qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return  # the connection went mid-batch: resume from the spool on reconnect
+            self._inflight[info.mid] = (ev.seq, now)
+            self._last = ev.seq
+            counter = self._published.get(ev.kind)
+            if counter is None:
+                counter = self._published[ev.kind] = self.metrics.published.labels(kind=ev.kind)
+            counter.inc()
+
+    def _next_batch(self, room: int) -> list[Event]:
+        """The events after ``_last``, in seq order: from the hand-over while it continues
+        ``_last`` without a gap, else (after an outage, a drop, two producers racing) from
+        the spool, which is always right."""
+        last, fresh = self._last, self._fresh
+        while fresh and fresh[0].seq <= last:
+            fresh.popleft()
+        batch: list[Event] = []
+        while fresh and len(batch) < room:
+            # pop, then look: a producer's append to the full deque may push out the head
+            # between a look and a pop; an event popped out of turn is still in the spool
+            ev = fresh.popleft()
+            if ev.seq != last + 1 + len(batch):
+                break
+            batch.append(ev)
+        newest = self.spool.last_seq  # read before the batch: all up to it is committed
+        if batch or last >= newest:
+            return batch
+        batch = self.spool.read_batch(last, room)
+        if not batch:
+            self._last = newest  # what lay between was dropped (spool full): nothing to wait for
+        return batch
+
+    def _flush_outbox(self, client: mqtt.Client) -> None:
+        while self._outbox:
+            msg = self._outbox.popleft()
+            if not self.connected:
+                continue  # live messages are worth nothing later
+            props = None
+            if msg.correlation is not None:
+                props = Properties(PacketTypes.PUBLISH)
+                props.CorrelationData = msg.correlation
+            try:
+                info = client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain, properties=props)
+            except ValueError:  # a Response Topic with wildcards: answer where the contract says
+                log.warning("unusable response topic %r; replying on reply/%s", msg.topic, msg.command)
+                info = client.publish(self.topic(f"reply/{msg.command}"), msg.payload, qos=1,
+                                      properties=props)
+            if msg.probe and info.rc == mqtt.MQTT_ERR_SUCCESS:
+                self._probe[info.mid] = time.monotonic()
+
+    def _say_goodbye(self, client: mqtt.Client) -> None:
+        info = client.publish(self.topic("status"), _dumps(self.will(self.session) | {"clean": True}),
+                              qos=1, retain=True)
+        self._goodbye_mid = info.mid
+        self._goodbye_acked = info.rc != mqtt.MQTT_ERR_SUCCESS  # nothing to wait for
+
+    # -- paho callbacks (all on the loop thread) ----------------------------
+    def _guard(self, fn: Callable[..., None]) -> Callable[..., None]:
+        def guarded(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception:
+                self.metrics.callback_errors.inc()
+                log.exception("MQTT callback %s failed", fn.__name__)
+        return guarded
+
+    def _on_connect(self, client: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
+                    _props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused connection: %s", reason)
+            self.metrics.connect_failures.inc()
+            return
+        client.drop_out_messages()  # the spool resends in order; paho's copy would duplicate
+        self._flush_acks()  # rereading from the start must not resend what was acknowledged
+        self._inflight.clear()
+        self._last = 0
+        self._probe.clear()
+        # Subscribe before the birth: the broker handles one connection's packets in order,
+        # so whoever sees "online" can send a command and it will not fall on deaf ears.
+        client.subscribe([(self.topic("cmd/+"), 1), (f"{self.broadcast}/cmd/+", 1)])
+        client.publish(self.topic("status"), _dumps(self.birth(self.session)), qos=1, retain=True)
+        log.info("connected to %s:%s, session %d", self.cfg["host"], self.cfg["port"], self.session)
+        self._set_connected(True)
+
+    def _on_disconnect(self, _c: mqtt.Client, _ud: Any, _flags: Any, reason: Any,
+                       _props: Any) -> None:
+        if self.connected:
+            log.warning("disconnected from broker: %s", reason)
+        self._set_connected(False)
+
+    def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, reason: Any, _props: Any) -> None:
+        sent = self._probe.pop(mid, None)
+        if sent is not None:
+            self.rtt_ms = round((time.monotonic() - sent) * 1000, 2)
+        if mid == self._goodbye_mid:
+            self._goodbye_acked = True
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return  # status/heartbeat/reply
+        seq, handed = entry
+        if reason is not None and getattr(reason, "is_failure", False):
+            # The broker refused it (e.g. ACL): it stays spooled and is retried on the
+            # next connection; the metric and the log make it visible.
+            self.metrics.publish_rejected.inc()
+            self.rejected += 1
+            log.error("broker refused event seq %d (%s); kept in the spool", seq, reason)
+            return
+        self._acked.append(seq)
+        self.metrics.publish_latency.observe(time.monotonic() - handed)
+
+    def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.on_command is not None:
+            self.on_command(msg.topic, msg.payload, msg.properties)
+
+    def _set_connected(self, up: bool) -> None:
+        if up:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        self.metrics.connected.set(1 if up else 0)

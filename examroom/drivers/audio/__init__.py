@@ -1,0 +1,1 @@
+"""The unified audio source monitor: backends, the monitor thread and the level analyser."""
