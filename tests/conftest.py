@@ -8,6 +8,14 @@ from tests.agentproc import AgentProcess, write_config
 from devkit.localbroker import Broker
 from tests.mqttwatch import Watcher
 
+# Fixtures shared by several test modules live in their helper modules, next to the helpers
+# they use; registered here, a test module just names them as arguments, never imports them.
+pytest_plugins = [
+    "tests.camera_images",    # images: test_camera.py, test_camera_health.py
+    "tests.checkin_station",  # plan, schedule, emitted, clock, make: test_checkin.py, test_session_record.py
+    "tests.pcsc_harness",     # cards, make_reader: test_pcsc.py, test_pcsc_recovery.py
+]
+
 
 @pytest.fixture
 def broker(tmp_path: Path):

@@ -21,7 +21,7 @@ from examroom.drivers.audio import backends as audio, monitor as audio_monitor
 from examroom.drivers.audio.backends import AlsaAudioMonitor, SimAudioMonitor
 from examroom.drivers.audio.monitor import AudioMonitor
 from examroom.drivers.bus import Bus
-from tests.test_config import MINIMAL
+from tests.configs import MINIMAL
 
 BACKENDS = (("alsa", AlsaAudioMonitor), ("sim", SimAudioMonitor))
 

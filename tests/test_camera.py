@@ -29,8 +29,8 @@ from examroom.drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, Simu
 from examroom.drivers.camera.backends import PiCamera, SimCamera
 from examroom.drivers.camera.base import COMMON_OPTIONS, CameraBase, prune_snapshots, sanitise_tag
 from examroom.drivers.events import CameraHealth, DeviceStateChanged
-from tests.camera_images import H, W, images, noisy  # noqa: F401  (images is a fixture)
-from tests.test_contract import load_schemas
+from tests.camera_images import H, W, noisy
+from tests.schemas import load_schemas
 
 
 class FakeMonotonic:

@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 
 from examroom.drivers.camera.health import (DEFAULT_BLUR_THRESHOLD, DEFAULT_DARK_THRESHOLD, HealthAnalyzer,
                                    Thresholds, brightness, prepare, sharpness)
-from tests.camera_images import SMALL, H, W, images, load, noisy  # noqa: F401  (images is a fixture)
+from tests.camera_images import SMALL, H, W, load, noisy
 
 
 def verdict_of(frame: np.ndarray) -> tuple[str, str]:

@@ -9,16 +9,9 @@ import pytest
 
 from examroom.agent import config
 from examroom.agent.errors import ConfigError, Problem
+from tests.configs import MINIMAL
 
 ROOT = Path(__file__).resolve().parent.parent
-
-MINIMAL = """
-schema_version = 1
-[site]
-id = "site01"
-[room]
-id = "room101"
-"""
 
 
 def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:

@@ -20,7 +20,6 @@ from examroom.drivers.events import CardPresented, CardRemoved, DeviceStateChang
 from examroom.drivers.pcsc import SIM_ATR, PcscReader, SimPcscReader
 from tests.pcsc_harness import VPCD_0 as READER_0, VPCD_CONF, Pcscd, Recorder, own_pcscd
 from tests.pcsc_harness import started as _started
-from tests.pcsc_harness import cards, make_reader  # noqa: F401  (fixtures, used by name)
 from tests.vcard import DEFAULT_ATR
 
 SELECT = "00A4040007A0000000031010"

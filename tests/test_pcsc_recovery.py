@@ -25,7 +25,6 @@ from examroom.drivers.events import CardPresented, CardRemoved, DeviceStateChang
 from examroom.drivers.pcsc import PCSCD_AWAY, READER_MUTE
 from tests.gempc_twin import T0_ATR, GemPcTwin
 from tests.pcsc_harness import SOCKET, VPCD_0, VPCD_CONF, WAIT_S, Pcscd, own_pcscd, started
-from tests.pcsc_harness import cards, make_reader  # noqa: F401  (fixtures, used by name)
 from tests.vcard import VirtualCard, recv_exact
 
 TWIN = "GemPC Twin 00 00"
