@@ -20,12 +20,14 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from examroom.contract.topics import Topics
 from tests.agentproc import AgentProcess
 from tests.mqttwatch import Message, Watcher
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SEATPLAN = ROOT / "config" / "demo-seatplan.csv"
-BASE = "exam/site01/room101"  # topics of the room room_config() writes
+TOPICS = Topics("exam", "site01", "room101")  # topics of the room room_config() writes
+BASE = TOPICS.base
 TZ = timezone(timedelta(hours=8))  # exam sites keep Beijing time; the agent must not care
 
 
@@ -187,7 +189,7 @@ late_cutoff_min = {cutoff_after / 60!r}
 # -- driving the room and waiting on what the aggregator receives ------------------------------
 
 def is_hb(m: Message) -> bool:
-    return m.topic == f"{BASE}/heartbeat" and m.json is not None
+    return m.topic == TOPICS.heartbeat and m.json is not None
 
 
 class Door:
@@ -256,11 +258,11 @@ class Door:
 
 
 def kinds_after(w: Watcher, start: int, kind: str) -> list[dict]:
-    return [m.json["data"] for m in w.messages[start:] if m.topic == f"{BASE}/event/{kind}"]
+    return [m.json["data"] for m in w.messages[start:] if m.topic == TOPICS.event(kind)]
 
 
 def status_after(w: Watcher, start: int, pred) -> dict | None:
-    return next((m.json for m in w.messages[start:] if m.topic == f"{BASE}/status" and pred(m.json)), None)
+    return next((m.json for m in w.messages[start:] if m.topic == TOPICS.status and pred(m.json)), None)
 
 
 def wait_status(w: Watcher, start: int, state: str, alert_part: str = "") -> dict:
@@ -291,8 +293,8 @@ class Aggregator:
     def call(self, name: str, args: dict | None = None, timeout: float = 10) -> dict:
         self.n += 1
         rid = f"req-{self.n}"
-        self.client.publish(f"{BASE}/cmd/{name}", json.dumps({"id": rid, "args": args or {}}), qos=1).wait_for_publish(5)
-        return self.w.wait_for(lambda ms: next((m.json for m in ms if m.topic == f"{BASE}/reply/{name}"
+        self.client.publish(TOPICS.cmd(name), json.dumps({"id": rid, "args": args or {}}), qos=1).wait_for_publish(5)
+        return self.w.wait_for(lambda ms: next((m.json for m in ms if m.topic == TOPICS.reply(name)
                                                 and (m.json or {}).get("request_id") == rid), None), timeout)
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ import pytest
 from devkit.localbroker import Broker
 from tests.agentproc import AgentProcess
 from tests.mqttwatch import Watcher
-from tests.room_config import BASE, Candidate, Room, is_hb, room_config, wait_kind, wait_status
+from tests.room_config import TOPICS, Candidate, Room, is_hb, room_config, wait_kind, wait_status
 
 CLI = Path(sys.executable).parent / "examroom-agent"
 
@@ -215,7 +215,7 @@ def test_suspect_needs_two_different_proctors(desk: Desk) -> None:
 
 
 def _kinds(desk: Desk, mark: int, kind: str) -> list[dict]:
-    return [m.json["data"] for m in desk.w.messages[mark:] if m.topic == f"{BASE}/event/{kind}"]
+    return [m.json["data"] for m in desk.w.messages[mark:] if m.topic == TOPICS.event(kind)]
 
 
 def test_leave_then_reentry_needs_a_new_sweep(desk: Desk) -> None:

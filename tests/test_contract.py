@@ -1,7 +1,8 @@
 """The MQTT contract pages are the truth the aggregator builds on: check them against a live room.
 
 Every ```json schema:NAME block of docs/mqtt.md, docs/events-checkin.md and
-docs/events-devices.md must be valid JSON and a valid JSON Schema 2020-12.
+docs/events-devices.md must be valid JSON and a valid JSON Schema 2020-12, and
+no schema may hide in another fence (tests/schemas.py reads them).
 Then one compressed exam session runs in a simulated room (real agent, real
 Mosquitto) and every message the aggregator receives is validated: status,
 heartbeat, every event envelope and its data against ``data/<kind>`` (a kind
@@ -13,14 +14,11 @@ a field or changes a type without documenting it fails here.
 from __future__ import annotations
 
 import json
-import re
 import time
-from pathlib import Path
 from typing import NoReturn
 
 import pytest
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from examroom import drivers
 from examroom.agent.config import DeviceConfig
@@ -28,47 +26,11 @@ from examroom.agent.devices import Devices
 from devkit.localbroker import Broker
 from examroom.agent.metrics import Metrics
 from examroom.drivers.bus import Bus
+from examroom.contract.topics import Topics
 from tests.agentproc import AgentProcess
 from tests.mqttwatch import Watcher
-from tests.room_config import BASE, Aggregator, Door, room_config, settled, wait_kind
-
-DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = ("mqtt.md", "events-checkin.md", "events-devices.md")
-FENCE = re.compile(r"^```json schema:(\S+)[ \t]*\n(.*?)^```", re.S | re.M)
-# events-checkin.md (older style) marks its schemas with "$id": "examroom/<kind>.json" in a
-# plain ```json fence instead of ```json schema:data/<kind>; both are read.
-PLAIN = re.compile(r"^```json[ \t]*\n(.*?)^```", re.S | re.M)
-LEGACY_ID = re.compile(r"^examroom/(\w+)\.json$")
-
-
-def doc_blocks() -> list[tuple[str, str, str]]:
-    """(page, name, text) of every schema block of the contract pages."""
-    out = []
-    for page in PAGES:
-        text = (DOCS / page).read_text(encoding="utf-8")
-        out += [(page, name, body) for name, body in FENCE.findall(text)]
-        for body in PLAIN.findall(text):
-            if '"$schema"' in body:
-                found = LEGACY_ID.match(str(json.loads(body).get("$id", "")))
-                assert found, f"{page}: a schema block without a schema:NAME fence nor an examroom/<kind>.json $id"
-                out.append((page, f"data/{found.group(1)}", body))
-    return out
-
-
-def load_schemas() -> dict[str, dict]:
-    schemas: dict[str, dict] = {}
-    for page, name, body in doc_blocks():
-        try:
-            schema = json.loads(body)
-        except ValueError as e:
-            pytest.fail(f"{page}: schema:{name} is not valid JSON: {e}")
-        try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as e:
-            pytest.fail(f"{page}: schema:{name} is not a valid JSON Schema 2020-12: {e.message}")
-        assert name not in schemas, f"{page}: schema:{name} is documented twice"
-        schemas[name] = schema
-    return schemas
+from tests.room_config import BASE, TOPICS, Aggregator, Door, room_config, settled, wait_kind
+from tests.schemas import DOCS, PAGES, doc_blocks, load_schemas, page_blocks, validator
 
 
 def test_every_schema_block_is_valid():
@@ -80,8 +42,30 @@ def test_every_schema_block_is_valid():
     assert {f"device/{k}" for k in drivers.kinds()} <= set(schemas), "a driver kind without a device schema"
 
 
-def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(load_schemas()[name], format_checker=Draft202012Validator.FORMAT_CHECKER)
+def test_every_schema_in_the_docs_is_fenced_json_schema():
+    """One fence style: a schema is ```json schema:NAME, an example plain ```json. A schema in any
+    other fence (or on a page the contract does not read) would be skipped, so it fails here."""
+    for page in sorted(p.name for p in DOCS.glob("*.md")):
+        blocks, problems = page_blocks(page, (DOCS / page).read_text(encoding="utf-8"))
+        assert problems == [], "\n".join(problems)
+        assert not blocks or page in PAGES, f"{page} publishes schemas but is not a contract page: add it to PAGES"
+    assert all(name for _, name, _ in doc_blocks())
+
+
+def test_a_schema_in_another_fence_fails_loudly():
+    text = "\n".join([
+        "```json schema:data/good", '{"type": "object", "properties": {"a": {"type": "string"}}}', "```",
+        "```json", '{"type": "silence", "device": "broadcast"}', "```",  # an example, "type" and all
+        "```json", '{"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object"}', "```",
+        "```json schema", '{"type": "object", "required": ["a"]}', "```",  # no NAME
+        "```JSON", '{"oneOf": [{"type": "object"}]}', "```",
+        "```json schema:data/other", '{"$id": "examroom/good.json", "type": "object"}', "```",
+    ]) + "\n"
+    blocks, problems = page_blocks("x.md", text)
+    assert [name for _, name, _ in blocks] == ["data/good", "data/other"]
+    assert [p.split(":")[1] for p in problems] == ["7", "10", "13", "16"], problems
+    assert "plain ```json fence" in problems[0] and "```json schema:" in problems[1] and "```JSON" in problems[2]
+    assert "names data/good" in problems[3]
 
 
 @pytest.fixture
@@ -98,7 +82,7 @@ def sim_devices():
 def test_device_schemas_accept_real_entries_and_refuse_wrong_ones(sim_devices):
     """The device schemas are strict: a wrong type, an undocumented or a missing field fails."""
     for name, entry in sim_devices.statuses().items():
-        v = _validator(f"device/{entry['kind']}")
+        v = validator(f"device/{entry['kind']}")
         assert list(v.iter_errors(entry)) == [], name
         assert not v.is_valid({**entry, "undocumented": 1}), name
         for key in entry:
@@ -116,7 +100,7 @@ def test_a_device_whose_status_fails_still_matches_its_schema(sim_devices, monke
         monkeypatch.setattr(type(drv), "status", broken)
     for name, entry in sim_devices.statuses().items():
         assert entry["reason"] == "status failed: driver bug", entry
-        v = _validator(f"device/{entry['kind']}")
+        v = validator(f"device/{entry['kind']}")
         assert list(v.iter_errors(entry)) == [], name
         assert not v.is_valid({**entry, "state": "ok"}), name
 
@@ -180,7 +164,7 @@ def received(tmp_path_factory):
             finally:
                 agg.close()
             assert agent.terminate() == 0
-            w.wait_for(lambda ms: any(m.topic == f"{BASE}/status" and (m.json or {}).get("clean") for m in ms))
+            w.wait_for(lambda ms: any(m.topic == TOPICS.status and (m.json or {}).get("clean") for m in ms))
             yield list(w.messages)
     finally:
         if agent is not None:
@@ -220,7 +204,8 @@ def test_every_message_matches_the_contract(received):
 
     for i, m in enumerate(received):
         where = f"#{i} {m.topic}"
-        rest = m.topic[len(BASE) + 1:] if m.topic.startswith(BASE + "/") else ""
+        topic = Topics.parse(m.topic)
+        channel = topic.channel if topic is not None and topic.base == BASE else ""
         if m.json is None:
             problems.append(f"{where}: not JSON: {m.raw[:80]!r}")
             continue
@@ -228,26 +213,27 @@ def test_every_message_matches_the_contract(received):
             json.loads(m.raw, parse_constant=refuse)
         except ValueError as e:
             problems.append(f"{where}: {e}")
-        if rest in ("status", "heartbeat"):
-            check(rest, m.json, where)
-            if rest == "heartbeat":
+        if channel in ("status", "heartbeat"):
+            check(channel, m.json, where)
+            if channel == "heartbeat":
                 device_kinds |= check_devices(m.json.get("devices"), where)
-        elif rest.startswith("event/"):
-            kind = rest.split("/", 1)[1]
+        elif channel == "event":
+            kind = topic.name
             check("event", m.json, where)
             if m.json.get("kind") != kind:
                 problems.append(f"{where}: envelope kind {m.json.get('kind')!r} on topic of {kind!r}")
             check(f"data/{kind}", m.json.get("data"), f"{where} data")
-        elif rest.startswith("reply/"):
+        elif channel == "reply":
             check("reply", m.json, where)
-            if rest == "reply/status":
+            if topic.name == "status":
                 check_devices(m.json.get("devices"), where)
-            if m.json.get("command") != rest.split("/", 1)[1]:
+            if m.json.get("command") != topic.name:
                 problems.append(f"{where}: reply names command {m.json.get('command')!r}")
-        elif rest.startswith("cmd/"):
+        elif channel == "cmd":
             continue  # what the test itself sent as the aggregator
         else:
             problems.append(f"{where}: a topic the contract does not list")
+        rest = m.topic.removeprefix(BASE + "/") if channel else ""
         seen[rest] = seen.get(rest, 0) + 1
     assert problems == [], "\n".join(problems[:40])
 
@@ -257,10 +243,10 @@ def test_every_message_matches_the_contract(received):
                 "command"}
     assert expected <= kinds, f"the session did not exercise {sorted(expected - kinds)}"
     assert set(drivers.kinds()) <= device_kinds, f"no heartbeat showed {sorted(set(drivers.kinds()) - device_kinds)}"
-    verdicts = {m.json["data"]["verdict"] for m in received if m.topic == f"{BASE}/event/checkin"}
-    photos = [m.json["data"] for m in received if m.topic == f"{BASE}/event/snapshot"]
+    verdicts = {m.json["data"]["verdict"] for m in received if m.topic == TOPICS.event("checkin")}
+    photos = [m.json["data"] for m in received if m.topic == TOPICS.event("snapshot")]
     assert {"error" in p for p in photos if "for" in p} == {True, False}, "both kinds of check-in photo answer"
     assert {"admitted", "unknown_card", "invalid_id", "suspect", "left", "late_refused"} <= verdicts
-    states = {m.json["state"] for m in received if m.topic == f"{BASE}/status"}
+    states = {m.json["state"] for m in received if m.topic == TOPICS.status}
     assert {"online", "alert", "offline"} <= states
     assert sum(n for t, n in seen.items() if t.startswith("reply/")) == 10

@@ -22,7 +22,7 @@ import pytest
 from devkit.localbroker import Broker
 from tests.agentproc import AgentProcess
 from tests.mqttwatch import Watcher
-from tests.room_config import (BASE, Aggregator, Door, Room, is_hb, kinds_after, room_config, settled,
+from tests.room_config import (TOPICS, Aggregator, Door, Room, is_hb, kinds_after, room_config, settled,
                                status_after, wait_kind, wait_status)
 
 NOT_IN_ROOM_ID = "110105199003070017"  # valid check digit, another room's candidate
@@ -100,9 +100,9 @@ def photo_of(checkin_run: dict, data: dict) -> dict:
     = the ``checkin`` envelope's id. Asserts what holds for every photo of the run."""
     room, w = checkin_run["room"], checkin_run["w"]
     env = next(m.json for m in checkin_run["messages"]
-               if m.topic == f"{BASE}/event/checkin" and m.json["data"] == data)
+               if m.topic == TOPICS.event("checkin") and m.json["data"] == data)
     assert data["snapshot"] == {"pending": True, "tag": f"{data['verdict']}-{data['session']}-{data['seat']}"}
-    shot = w.wait_for(lambda ms: next((m.json for m in ms if m.topic == f"{BASE}/event/snapshot"
+    shot = w.wait_for(lambda ms: next((m.json for m in ms if m.topic == TOPICS.event("snapshot")
                                        and m.json["data"].get("for", {}).get("id") == env["id"]), None))
     p = shot["data"]
     assert shot["seq"] > env["seq"] and p["device"] == "camera"
@@ -223,7 +223,7 @@ def test_no_personal_data_leaves_the_box(checkin_run):
     assert leaks == []
     masked = [m for m in checkin_run["messages"] if "410105********001X" in m.raw.decode()]
     assert masked, "seat 1's masked ID number should be in its checkin events"
-    record = [m for m in checkin_run["messages"] if m.topic == f"{BASE}/event/session_record"]
+    record = [m for m in checkin_run["messages"] if m.topic == TOPICS.event("session_record")]
     assert len(record) == 1 and all(c.id_masked in record[0].raw.decode() for c in room.candidates.values()), \
         "the scan covered the published record, which holds every seat"
 

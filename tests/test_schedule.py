@@ -4,7 +4,8 @@ from datetime import datetime
 import pytest
 
 from examroom.agent.errors import ConfigError
-from examroom.agent.schedule import Phase, parse_sessions
+from examroom.agent.schedule import parse_sessions
+from examroom.contract.vocabulary import Phase
 
 TOML = """
 [[exam]]

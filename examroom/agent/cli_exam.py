@@ -14,12 +14,14 @@ import argparse
 from datetime import datetime
 from typing import Any, Callable
 
+from examroom.contract.vocabulary import Verdict
+
 Human = Callable[[dict[str, Any]], tuple[str, int]]  # reply -> (text, exit code)
 
 REFUSED = {
-    "duplicate": "already checked in (status {status}); this second admission is flagged",
-    "late_refused": "late: entry closed at {cutoff}",
-    "outside_window": "outside the entry window (phase {phase})",
+    Verdict.DUPLICATE: "already checked in (status {status}); this second admission is flagged",
+    Verdict.LATE_REFUSED: "late: entry closed at {cutoff}",
+    Verdict.OUTSIDE_WINDOW: "outside the entry window (phase {phase})",
 }
 
 
@@ -39,17 +41,17 @@ def checkin_text(d: dict[str, Any]) -> tuple[str, int]:
           else f"by {d['proctor']}" if d.get("proctor") else f"by {d.get('device')}")
     photo = d.get("snapshot")
     tail = [f"photo requested ({photo['tag']})"] if isinstance(photo, dict) and photo.get("tag") else []
-    if verdict == "admitted":
+    if verdict == Verdict.ADMITTED:
         head = f"ADMITTED {who} at {at}, {by}" + (" (re-entry)" if d.get("reentry") else "")
         if d.get("sweep_required"):
             tail.insert(0, "next: metal-detector sweep (press clear when done)")
         return "\n".join([head, *tail]), 0
-    if verdict == "suspect":
+    if verdict == Verdict.SUSPECT:
         reason = f": {d['reason']}" if d.get("reason") else ""
         return "\n".join([f"SUSPECT (存疑) {who} at {at}, {by}{reason}", *tail,
                           f"two different proctors must confirm: checkin confirm {d.get('seat')} "
                           "--proctor NAME"]), 0
-    if verdict == "left":
+    if verdict == Verdict.LEFT:
         return f"LEFT {who} at {at}; coming back needs a new check-in and sweep", 0
     why = REFUSED.get(str(verdict), "{verdict}").format(
         cutoff=_clock(d.get("cutoff")), status=d.get("status"), phase=d.get("phase"), verdict=verdict)

@@ -10,15 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from examroom.contract.vocabulary import EVIDENCE_KINDS
 from examroom.drivers.events import iso_now  # noqa: F401  (re-exported: the agent's envelopes use it)
-
-EVIDENCE_KINDS = frozenset({
-    "note", "checkin", "sweep", "suspect_confirm", "attendance", "session_record",
-    "incident", "trial_listening", "snapshot", "selftest", "command",
-    # device state changes that matter for the exam record: rare, and evidence of when
-    # the audio went, the camera was covered or the clock jumped
-    "audio", "audio_switch", "camera", "clock",
-})
 
 
 def is_evidence(kind: str) -> bool:

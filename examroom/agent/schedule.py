@@ -10,21 +10,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone, tzinfo
-from enum import Enum
 from typing import Any
 
 from examroom.agent.errors import ConfigError, Problem
+from examroom.contract.vocabulary import Phase
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEYS = {"id", "subject", "start", "end", "entry_before_min", "late_cutoff_min", "listening"}
-
-
-class Phase(str, Enum):
-    BEFORE_ENTRY = "before_entry"
-    ENTRY = "entry"                  # entry open, exam not started
-    IN_PROGRESS = "in_progress"      # started, late entry still allowed until the cutoff
-    CUTOFF_PASSED = "cutoff_passed"  # no new entries (may begin before the start: listening exams)
-    ENDED = "ended"
 
 
 @dataclass(frozen=True)

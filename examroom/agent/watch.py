@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from examroom.contract.topics import Topics
 
 _SKIP_DATA = {"results"}
 
@@ -33,21 +34,22 @@ def _short(data: dict[str, Any], limit: int = 110) -> str:
 
 
 def describe(topic: str, payload: dict[str, Any], last_seq: dict[str, int]) -> str:
-    parts = topic.split("/")
-    room = "/".join(parts[1:3]) if len(parts) >= 3 else topic
-    what = "/".join(parts[3:])
-    if what == "status":
+    parsed = Topics.parse(topic)
+    if parsed is None:
+        return f"{topic:<18} {_short(payload)}"
+    room = f"{parsed.site}/{parsed.room}"
+    if parsed.channel == "status":
         alerts = "; ".join(payload.get("alerts") or [])
         return f"{room:<18} STATUS    {payload.get('state', '?').upper():<7} session {payload.get('session')}" + \
             (f"  ⚠ {alerts}" if alerts else "")
-    if what == "heartbeat":
+    if parsed.channel == "heartbeat":
         sp = payload.get("spool", {})
         devs = " ".join(f"{n}:{d.get('state')}" for n, d in (payload.get("devices") or {}).items())
         exam = payload.get("exam") or {}
         phase = f" phase={exam['phase']}" if exam.get("phase") else ""
         return (f"{room:<18} heartbeat {payload.get('state', '?'):<7} spool={sp.get('events')} "
                 f"rtt={payload.get('rtt_ms')}ms{phase} {devs}")
-    if what.startswith("event/"):
+    if parsed.channel == "event":
         seq = payload.get("seq", 0)
         prev = last_seq.get(room)
         mark = ""
@@ -57,8 +59,8 @@ def describe(topic: str, payload: dict[str, Any], last_seq: dict[str, int]) -> s
             mark = f" (gap: {seq - prev - 1} missing)"
         last_seq[room] = max(seq, prev or 0)
         replay = " REPLAYED" if payload.get("replayed") else ""
-        return f"{room:<18} #{seq:<6} {payload.get('kind', what[6:]):<15}{replay}{mark} {_short(payload.get('data', {}))}"
-    return f"{room:<18} {what:<9} {_short(payload)}"
+        return f"{room:<18} #{seq:<6} {payload.get('kind', parsed.name):<15}{replay}{mark} {_short(payload.get('data', {}))}"
+    return f"{room:<18} {parsed.channel + '/' + str(parsed.name):<9} {_short(payload)}"
 
 
 def watch(host: str, port: int, prefix: str, raw: bool = False, duration: float | None = None,
@@ -73,8 +75,8 @@ def watch(host: str, port: int, prefix: str, raw: bool = False, duration: float 
             print(f"broker refused: {reason}", file=sys.stderr)
             done.set()
             return
-        client.subscribe(f"{prefix}/#", qos=1)
-        print(f"watching {prefix}/# on {host}:{port} (Ctrl-C to stop)", flush=True)
+        client.subscribe(Topics.all_filter(prefix), qos=1)
+        print(f"watching {Topics.all_filter(prefix)} on {host}:{port} (Ctrl-C to stop)", flush=True)
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         stamp = datetime.now().strftime("%H:%M:%S")
