@@ -70,7 +70,7 @@ def make_uplink(tmp: Path, port: int, sync: str) -> tuple[Spool, Uplink]:
                 f'sync="{sync}"\n', str(tmp / "bench.toml"))
     spool = Spool(cfg.spool["path"], cfg.spool["max_bytes"], sync)
     spool.open()
-    up = Uplink(cfg.mqtt, cfg.base_topic, "exam/s/broadcast", spool, Metrics(),
+    up = Uplink(cfg.mqtt, cfg.topics, spool, Metrics(),
                 lambda s: {"state": "online", "session": s}, lambda s: {"state": "offline", "session": s})
     return spool, up
 

@@ -4,16 +4,18 @@ checked against the docs' schema and scanned for names and full ID numbers."""
 import json
 import re
 from datetime import datetime
-from pathlib import Path
 
 import jsonschema  # a dev dependency: a schema check silently skipped is no check
 import pytest
 
 from examroom.agent.checkin import CheckinStation
+from examroom.agent.privacy import Scrubber
 from examroom.agent.schedule import parse_sessions
 from examroom.agent.seatplan import load_seatplan
+from examroom.agent.session_book import SessionBook
 from examroom.drivers.events import CardPresented, Identity
-from examroom.drivers.gb11643 import check_digit
+from examroom.drivers.gb11643 import check_digit, is_valid
+from tests.schemas import doc_blocks
 
 def make_id(first17: str) -> str:
     return first17 + check_digit(first17)
@@ -71,10 +73,8 @@ def schedule():
 
 
 def doc_schemas() -> dict[str, dict]:
-    """The JSON Schemas published in docs/events-checkin.md, by event kind."""
-    text = (Path(__file__).parent.parent / "docs" / "events-checkin.md").read_text(encoding="utf-8")
-    blocks = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", text, re.S) if '"$schema"' in b]
-    return {b["$id"].split("/")[-1].removesuffix(".json"): b for b in blocks}
+    """The JSON Schemas published in docs/events-checkin.md (```json schema:data/<kind>), by event kind."""
+    return {name.removeprefix("data/"): json.loads(body) for _, name, body in doc_blocks(("events-checkin.md",))}
 
 
 @pytest.fixture
@@ -106,21 +106,28 @@ def make(plan, schedule, emitted, clock, tmp_path):
         snaps.append((tag, about))
 
     def build(journal=True, with_snapshot=True, emit=None):
-        st = CheckinStation(plan, schedule, emit or (lambda k, d: emitted.append((k, d))), clock,
-                            tmp_path / "records", snapshot=snapshot if with_snapshot else None,
-                            journal_path=tmp_path / "checkin.journal" if journal else None)
-        st.start()
+        st = station(plan, schedule, emit or (lambda k, d: emitted.append((k, d))), clock, tmp_path / "records",
+                     snapshot=snapshot if with_snapshot else None,
+                     journal=tmp_path / "checkin.journal" if journal else None)
+        st.book.start()
         return st
 
     build.snaps = snaps
     return build
 
 
+def station(plan, schedule, emit, clock, record_dir, snapshot=None, journal=None) -> CheckinStation:
+    """A station on its own session book, as the room wires them (the book is not started)."""
+    scrub = Scrubber(c.name for c in plan.candidates)
+    return CheckinStation(SessionBook(schedule, plan, emit, clock, record_dir, scrub, journal), clock, scrub,
+                          snapshot=snapshot)
+
+
 def card(seat=None, id_number=None, valid_to="20300101", id_valid=True):
     n = id_number or ID[seat]
     ident = Identity(name=NAMES.get(seat, "某人"), sex="男", nation="汉", birth=n[6:14], address="某地",
                      id_number=n, issuer="某公安局", valid_from="20200101", valid_to=valid_to,
-                     id_valid=id_valid)
+                     id_valid=id_valid and is_valid(n))  # what a reader decodes: the digit checked
     return CardPresented("idreader", identity=ident)
 
 

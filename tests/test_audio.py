@@ -34,7 +34,7 @@ from examroom.drivers.audio.levels import LevelAnalyzer, Thresholds, TrialRecord
 from examroom.drivers.base import ABSENT, FAULT, OK, STOPPED, DeviceAbsent, SimulationError
 from examroom.drivers.events import AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
 from tests.agentproc import write_config
-from tests.test_contract import load_schemas
+from tests.schemas import load_schemas
 
 pytestmark = pytest.mark.skipif(not (shutil.which("sox") and shutil.which("espeak-ng")),
                                 reason="needs Debian sox and espeak-ng")
@@ -498,7 +498,7 @@ def test_input_absent_from_boot_is_an_incident_when_listening_opens(
         _, ended = emitted.wait(lambda i: i[0] == "incident" and i[1]["phase"] == "ended")
         assert (ended["cause"], ended["start"]) == ("no_input", started["start"])
         assert ended["duration_s"] == pytest.approx(15.0, abs=0.2)
-        assert records[0] == {k: v for k, v in ended.items() if k != "phase"}
+        assert records[0].as_dict() == {k: v for k, v in ended.items() if k != "phase"}
         assert emitted.problems == []
     finally:
         drv.stop()
@@ -547,9 +547,9 @@ device = "examroom_fifo"
 silence_hold_s = 0.5
 levels_every_s = 0.2
 """)))
-    agent.room.start()
+    agent.metrics_bridge.start()
     seen = Log()
-    agent.bus.subscribe(DeviceEvent, seen.add)  # after the room's: its gauges are set when we look
+    agent.bus.subscribe(DeviceEvent, seen.add)  # after the bridge's: its gauges are set when we look
 
     def gauges() -> list[float | None]:
         return [agent.metrics.registry.get_sample_value(f"examroom_audio_{m}_dbfs", {"device": "broadcast"})

@@ -3,14 +3,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from examroom.agent.checkin import CheckinError, CheckinStation
+from examroom.agent.checkin import CheckinError
 from examroom.agent.schedule import parse_sessions
 from examroom.drivers.events import CardPresented, MetalAlarm, SweepButton
 from examroom.drivers.gb11643 import mask_id
 
-from tests.checkin_station import (ENG_START, FULL_ID, ID, MATH_CUTOFF, MATH_END, MATH_START,  # noqa: F401 (fixtures by name)
-                                   NAMES, OUTSIDER, UID1, Clock, card, clock, doc_schemas, emitted,
-                                   kinds, make, make_id, plan, schedule, ts)
+from tests.checkin_station import ENG_START, ID, MATH_CUTOFF, OUTSIDER, UID1, card, doc_schemas, kinds, station, ts
 
 
 def test_doc_schemas_are_valid():
@@ -82,8 +80,8 @@ def test_outside_window(make, clock, plan, emitted, tmp_path):
     clock.t = ts("2026-06-08T17:00:00")
     d = st.on_card(card(1))
     assert d["verdict"] == "outside_window" and d["phase"] == "ended"
-    empty = CheckinStation(plan, parse_sessions([], "x"), lambda k, d: emitted.append((k, d)), clock, tmp_path)
-    empty.start()
+    empty = station(plan, parse_sessions([], "x"), lambda k, d: emitted.append((k, d)), clock, tmp_path)
+    empty.book.start()
     d = empty.on_card(card(1))
     assert d["verdict"] == "outside_window" and d["session"] is None
     assert empty.manual_admit(seat=1, proctor="P1")["verdict"] == "outside_window"
@@ -99,7 +97,7 @@ def test_late_refused_after_cutoff_and_in_attendance(make, clock, emitted):
     d = st.on_card(card(2))
     assert d["verdict"] == "late_refused" and d["cutoff"] == MATH_CUTOFF
     assert st.manual_admit(seat=3, proctor="P1")["verdict"] == "late_refused"
-    st.tick(MATH_CUTOFF)
+    st.book.tick(MATH_CUTOFF)
     (att,) = kinds(emitted, "attendance")
     assert att["late_refused"] == ["2", "3"] and att["absent"] == ["2", "3", "4", "5"]
 
@@ -111,7 +109,7 @@ def test_negative_cutoff_for_listening_session(make, clock, emitted):
     clock.t = ENG_START - 15 * 60
     assert st.on_card(card(2))["verdict"] == "late_refused"
     assert st.state()["phase"] == "cutoff_passed" and st.state()["session"] == "eng-pm"
-    st.tick(ENG_START - 15 * 60)
+    st.book.tick(ENG_START - 15 * 60)
     att = [a for a in kinds(emitted, "attendance") if a["session"] == "eng-pm"]
     assert len(att) == 1 and att[0]["present"] == 1
 
@@ -120,26 +118,26 @@ def test_sweep_clear_recheck_and_medical(make, clock, emitted):
     st = make()
     st.on_card(card(1))
     clock.t += 12
-    s = st.on_sweep_button(SweepButton("det", button="clear"))
+    s = st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     assert (s["seat"], s["alarms"], s["rechecks"], s["result"], s["duration_s"]) == ("1", 0, 0, "clear", 12)
     st.on_card(card(3))
-    st.on_metal_alarm(MetalAlarm("det", active=True))
-    st.on_metal_alarm(MetalAlarm("det", active=True))  # no falling edge: still one alarm
-    st.on_metal_alarm(MetalAlarm("det", active=False))
-    st.on_sweep_button(SweepButton("det", button="recheck"))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))  # no falling edge: still one alarm
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=False))
+    st.sweeps.on_sweep_button(SweepButton("det", button="recheck"))
     clock.t += 30
-    s = st.on_sweep_button(SweepButton("det", button="clear"))
+    s = st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     assert (s["alarms"], s["rechecks"], s["result"], s["medical_metal_exempt"]) == \
         (1, 1, "alarm_cleared_after_recheck", False)
     assert s["started"] == clock.t - 30 and s["cleared"] == clock.t
     st.on_card(card(2))  # registered implant
-    st.on_metal_alarm(MetalAlarm("det", active=True))
-    s = st.on_sweep_button(SweepButton("det", button="clear"))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
+    s = st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     assert (s["result"], s["medical_metal_exempt"]) == ("alarm_expected_medical", True)
-    st.on_metal_alarm(MetalAlarm("det", active=False))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=False))
     st.on_card(card(4))
-    st.on_metal_alarm(MetalAlarm("det", active=True))
-    assert st.on_sweep_button(SweepButton("det", button="clear"))["result"] == "alarm_cleared_without_recheck"
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
+    assert st.sweeps.on_sweep_button(SweepButton("det", button="clear"))["result"] == "alarm_cleared_without_recheck"
     assert st.state()["pending_sweep"] == []
 
 
@@ -148,20 +146,20 @@ def test_sweeps_are_fifo(make, emitted):
     st.on_card(card(1))
     st.on_card(card(3))
     assert st.state()["pending_sweep"] == ["1", "3"]
-    assert st.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"
-    st.on_metal_alarm(MetalAlarm("det", active=True))
-    s = st.on_sweep_button(SweepButton("det", button="clear"))
+    assert st.sweeps.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
+    s = st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     assert (s["seat"], s["alarms"]) == ("3", 1)
 
 
 def test_unassociated_sweeps_are_published(make, emitted, clock):
     st = make()
-    a = st.on_metal_alarm(MetalAlarm("det", active=True))
-    st.on_metal_alarm(MetalAlarm("det", active=False))
-    r = st.on_sweep_button(SweepButton("det", button="recheck"))
-    c = st.on_sweep_button(SweepButton("det", button="clear"))
+    a = st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=False))
+    r = st.sweeps.on_sweep_button(SweepButton("det", button="recheck"))
+    c = st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     assert [(x["unassociated"], x["trigger"], x["seat"]) for x in (a, r, c)] == \
         [(True, "alarm", None), (True, "recheck", None), (True, "clear", None)]
     assert kinds(emitted, "sweep") == [a, r, c]
     with pytest.raises(CheckinError):
-        st.on_sweep_button(SweepButton("det", button="reset"))
+        st.sweeps.on_sweep_button(SweepButton("det", button="reset"))

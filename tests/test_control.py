@@ -10,12 +10,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from examroom.agent.commands import Commands
+from examroom.agent.photos import Photos
+from examroom.agent.trial_reports import TrialReports
 from examroom.agent.config import DeviceConfig
 from examroom.agent.control import AgentNotRunning, ControlServer, call, dispatch
 from examroom.agent.devices import Devices
@@ -360,7 +362,10 @@ def test_sim_card_routes_by_what_the_word_is_not_its_length(sockdir: Path, sim_d
             cond.notify_all()
 
     sim_devices.bus.subscribe(CardPresented, on_card)
-    srv = ControlServer(str(sockdir / "agent.sock"), Commands(SimpleNamespace(devices=sim_devices)).table)
+    commands = Commands(emit=lambda k, d: None, clock=time.time, devices=sim_devices, status=dict, scrub=str,
+                        schedule=None, station=lambda: None, photos=Photos(sim_devices, lambda k, d: None, []),
+                        trials=TrialReports(sockdir, "room101", lambda k, d: None, time.time, lambda i: None))
+    srv = ControlServer(str(sockdir / "agent.sock"), commands.table)
     srv.start()
     try:
         reply = call(srv.path, "sim", words=["card", word])

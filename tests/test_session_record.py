@@ -5,14 +5,15 @@ import json
 
 import pytest
 
-from examroom.agent.checkin import AmbiguousCandidate, CheckinError, CheckinStation, SameProctor, UnknownSeat
+from examroom.agent.checkin import AmbiguousCandidate, CheckinError, SameProctor, UnknownSeat
 from examroom.agent.monitors import ClockWatch
+from examroom.agent.session_book import IncidentError
+from examroom.contract.vocabulary import Incident, IncidentType
 from examroom.drivers.events import CardPresented, ClockState, MetalAlarm, SweepButton
 from examroom.drivers.gb11643 import mask_id
 
-from tests.checkin_station import (ENG_START, FULL_ID, ID, MATH_CUTOFF, MATH_END, MATH_START,  # noqa: F401 (fixtures by name)
-                                   NAMES, OUTSIDER, UID1, Clock, card, clock, doc_schemas, emitted,
-                                   kinds, make, make_id, plan, schedule, ts)
+from tests.checkin_station import (ENG_START, FULL_ID, ID, MATH_CUTOFF, MATH_END, MATH_START, NAMES, OUTSIDER,
+                                   UID1, card, kinds, station, ts)
 
 
 def read_record(tmp_path, session="math-am"):
@@ -27,17 +28,17 @@ def test_unassociated_sweeps_before_the_first_checkin_are_on_the_record(make, em
     has no state yet, and the sweeps must still reach its record (event, JSON and CSV)."""
     clock.t = ts("2026-06-07T08:20:00")
     st = make()
-    early = st.on_sweep_button(SweepButton("det", button="clear"))  # before entry: on no record
+    early = st.sweeps.on_sweep_button(SweepButton("det", button="clear"))  # before entry: on no record
     assert (early["session"], early["unassociated"]) == (None, True)
     clock.t = ts("2026-06-07T08:30:00")  # entry opens
-    a = st.on_metal_alarm(MetalAlarm("det", active=True))
-    st.on_metal_alarm(MetalAlarm("det", active=False))
+    a = st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=False))
     clock.t += 3
-    c = st.on_sweep_button(SweepButton("det", button="clear"))
+    c = st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     assert (a["session"], a["trigger"], c["session"], c["trigger"]) == ("math-am", "alarm", "math-am", "clear")
     st.on_card(card(1))
-    st.on_sweep_button(SweepButton("det", button="clear"))
-    st.tick(MATH_END)
+    st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
+    st.book.tick(MATH_END)
     (rec,) = kinds(emitted, "session_record")
     assert rec["sweeps"]["unassociated"] == 2 and rec["sweeps"]["closed"] == 1
     assert rec["unassociated_sweeps"] == [
@@ -126,7 +127,7 @@ def test_free_text_is_scrubbed_of_every_name_and_full_id(make, emitted):
 def test_suspect_already_swept_is_not_swept_again(make):
     st = make()
     st.on_card(card(1))
-    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     st.mark_suspect(1, "P1", "looks different from the photo")
     st.confirm(1, "P1")
     assert st.confirm(1, "P2")["sweep_required"] is False
@@ -136,7 +137,7 @@ def test_suspect_already_swept_is_not_swept_again(make):
 def test_reentry_needs_a_new_sweep_even_after_cutoff(make, clock, emitted):
     st = make()
     st.on_card(card(1))
-    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     clock.t = MATH_CUTOFF + 600
     assert st.leave(1)["verdict"] == "left"
     assert st.state()["out"] == 1
@@ -149,7 +150,7 @@ def test_reentry_needs_a_new_sweep_even_after_cutoff(make, clock, emitted):
     s = kinds(emitted, "sweep")[-1]
     assert (s["seat"], s["result"]) == ("1", "left_before_clear")
     assert st.manual_admit(seat=1, proctor="P1")["reentry"] is True
-    assert st.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"
+    assert st.sweeps.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"
 
 
 def test_attendance_exactly_once_at_cutoff(make, clock, emitted):
@@ -159,10 +160,10 @@ def test_attendance_exactly_once_at_cutoff(make, clock, emitted):
     st.on_card(card(1))
     st.manual_admit(seat=2, proctor="P1")
     st.mark_suspect(3, "P1", "no photo match")
-    st.tick(MATH_CUTOFF - 0.001)
+    st.book.tick(MATH_CUTOFF - 0.001)
     assert kinds(emitted, "attendance") == []
-    st.tick(MATH_CUTOFF)
-    st.tick(MATH_CUTOFF + 1)
+    st.book.tick(MATH_CUTOFF)
+    st.book.tick(MATH_CUTOFF + 1)
     (att,) = kinds(emitted, "attendance")
     assert att == {**att, "session": "math-am", "room": "12", "total": 5, "present": 3,
                    "absent": ["4", "5"], "late_refused": [], "manual_admissions": 1,
@@ -172,16 +173,17 @@ def test_attendance_exactly_once_at_cutoff(make, clock, emitted):
 def test_session_record_files(make, clock, emitted, tmp_path):
     st = make()
     st.on_card(card(1))
-    st.on_metal_alarm(MetalAlarm("det", active=True))
-    st.on_sweep_button(SweepButton("det", button="recheck"))
-    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
+    st.sweeps.on_sweep_button(SweepButton("det", button="recheck"))
+    st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     st.on_card(card(2))  # never cleared
     clock.t = MATH_START + 60
-    assert st.add_incident({"type": "audio_loss", "time": MATH_START + 30, "duration_s": 4.5}) == "math-am"
-    with pytest.raises(CheckinError):
-        st.add_incident({"bad": object()})
-    st.tick(MATH_END)
-    st.tick(MATH_END + 5)
+    assert st.book.add_incident(
+        Incident(IncidentType.AUDIO_LOSS, {"time": MATH_START + 30, "duration_s": 4.5})) == "math-am"
+    with pytest.raises(IncidentError):
+        st.book.add_incident(Incident(IncidentType.AUDIO_LOSS, {"bad": object()}))
+    st.book.tick(MATH_END)
+    st.book.tick(MATH_END + 5)
     (rec,) = kinds(emitted, "session_record")
     assert rec["present"] == 2 and rec["absent"] == ["3", "4", "5"]
     assert rec["incidents"] == [{"type": "audio_loss", "start": MATH_START + 30, "end": MATH_START + 34.5,
@@ -201,7 +203,7 @@ def test_session_record_files(make, clock, emitted, tmp_path):
     assert [r["record"] for r in rows].count("incident") == 1
     for path in (tmp_path / "records").iterdir():
         assert not FULL_ID.search(path.read_text(encoding="utf-8-sig"))
-    assert st.add_incident({"type": "late"}) is None  # record closed: the morning record is final
+    assert st.book.add_incident(Incident(IncidentType.AUDIO_LOSS)) is None  # record closed: the morning record is final
 
 
 def test_published_record_has_every_seat_without_names_or_full_ids(make, clock, emitted):
@@ -210,11 +212,11 @@ def test_published_record_has_every_seat_without_names_or_full_ids(make, clock, 
     st = make()
     t0 = clock.t
     st.on_card(card(1))
-    st.on_metal_alarm(MetalAlarm("det", active=True))
-    st.on_metal_alarm(MetalAlarm("det", active=False))
-    st.on_sweep_button(SweepButton("det", button="recheck"))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=False))
+    st.sweeps.on_sweep_button(SweepButton("det", button="recheck"))
     clock.t = t0 + 20
-    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     st.on_card(card(1))  # duplicate
     clock.t = t0 + 30
     st.on_card(card(1, id_number=OUTSIDER))  # another room's candidate
@@ -226,7 +228,7 @@ def test_published_record_has_every_seat_without_names_or_full_ids(make, clock, 
     st.leave(2)  # before being swept
     clock.t = MATH_CUTOFF + 60
     st.on_card(card(4))  # late
-    st.tick(MATH_END)
+    st.book.tick(MATH_END)
     (rec,) = kinds(emitted, "session_record")
     seats = {r["seat"]: r for r in rec["seats"]}
     assert list(seats) == ["1", "2", "3", "4", "5"]
@@ -256,42 +258,42 @@ def test_published_record_has_every_seat_without_names_or_full_ids(make, clock, 
 def test_journal_replay_after_restart(make, clock, emitted, tmp_path):
     st = make()
     st.on_card(card(1))
-    st.on_sweep_button(SweepButton("det", button="clear"))
+    st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     st.on_card(card(3))
-    st.on_metal_alarm(MetalAlarm("det", active=True))
+    st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
     st.mark_suspect(4, "P1", "photo")
     st.confirm(4, "P1")
     clock.t = MATH_CUTOFF
-    st.tick(clock.t)
+    st.book.tick(clock.t)
     with open(tmp_path / "checkin.journal", "a") as f:
         f.write('{"session": "math-am", "kind": "che')  # power lost mid-write
     n_att = len(kinds(emitted, "attendance"))
 
     again = make()  # the daemon restarts
-    assert again.journal_skipped == 1
+    assert again.book.journal_skipped == 1
     s = again.state()
     assert (s["admitted"], s["suspect"], s["pending_sweep"], s["attendance_sent"]) == (1 + 1, 1, ["3"], True)
-    again.tick(clock.t + 10)
+    again.book.tick(clock.t + 10)
     assert len(kinds(emitted, "attendance")) == n_att
     assert again.on_card(card(1))["verdict"] == "duplicate"
     with pytest.raises(SameProctor):
         again.confirm(4, "P1")
     assert again.confirm(4, "P2")["verdict"] == "admitted"
-    sw = again.on_sweep_button(SweepButton("det", button="clear"))
+    sw = again.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     assert (sw["seat"], sw["alarms"]) == ("3", 1)
 
 
 def test_no_attendance_for_a_session_never_observed(make, clock, emitted):
     clock.t = MATH_END + 3600
     st = make(journal=False)
-    st.tick(clock.t)
+    st.book.tick(clock.t)
     assert emitted == []
 
 
 def test_restart_without_journal_marks_attendance_incomplete(make, clock, emitted):
     clock.t = MATH_START
     st = make(journal=False)
-    st.tick(MATH_CUTOFF)
+    st.book.tick(MATH_CUTOFF)
     (att,) = kinds(emitted, "attendance")
     assert att["complete"] is False
 
@@ -300,14 +302,14 @@ def test_camera_fault_does_not_block_the_door(plan, schedule, emitted, clock, tm
     def broken(tag, about):
         raise OSError("camera gone")
 
-    st = CheckinStation(plan, schedule, lambda k, d: emitted.append((k, d)), clock, tmp_path, snapshot=broken)
+    st = station(plan, schedule, lambda k, d: emitted.append((k, d)), clock, tmp_path, snapshot=broken)
     with pytest.raises(RuntimeError, match="start"):
         st.on_card(card(1))
-    st.start()
+    st.book.start()
     d = st.on_card(card(1))
     assert d["verdict"] == "admitted" and d["snapshot"] == {"pending": True, "tag": "admitted-math-am-1"}
     assert kinds(emitted, "checkin") == [d] and st.state()["admitted"] == 1
-    assert st.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"  # the lock was let go
+    assert st.sweeps.on_sweep_button(SweepButton("det", button="clear"))["seat"] == "1"  # the lock was let go
 
 
 def test_state_for_status_command(make, clock):
@@ -325,7 +327,7 @@ def test_clock_step_goes_only_on_a_session_open_at_the_step(make, clock, emitted
     clock.t = ts("2026-06-07T08:00:00")
     st = make()
     clocks: list[dict] = []
-    watch = ClockWatch(lambda k, d: clocks.append(d), clock, st.add_incident)
+    watch = ClockWatch(lambda k, d: clocks.append(d), clock, st.book.add_incident)
 
     def step(seconds: float) -> None:
         watch.on_clock(ClockState("clock", synced=True, offset_s=0.0, source="chrony:ntp1",
@@ -338,15 +340,15 @@ def test_clock_step_goes_only_on_a_session_open_at_the_step(make, clock, emitted
     step(-20.0)  # set back from 08:30:10 (entry open) to before entry: still during math-am
     watch.on_clock(ClockState("clock", synced=True, offset_s=0.2, source="chrony:ntp1", ts=clock.t))
     clock.t = MATH_END
-    st.tick(MATH_END)
+    st.book.tick(MATH_END)
     clock.t = MATH_END + 3600
     step(2.0)  # after math-am's record, eng-pm is tomorrow: on no record
-    assert st.add_incident({"type": "clock_step"}, during=[MATH_END + 3600]) is None
+    assert st.book.add_incident(Incident(IncidentType.CLOCK_STEP), during=[MATH_END + 3600]) is None
     assert [c["stepped_s"] for c in clocks] == [5.0, -3.0, -20.0, None, 2.0]  # every step is published
     (rec,) = kinds(emitted, "session_record")
     steps = [(i["type"], i["stepped_s"], i["start"], i["end"], i["duration_s"]) for i in rec["incidents"]]
     assert steps == [("clock_step", -3.0, ts("2026-06-07T08:40:00"), ts("2026-06-07T08:40:00"), 0.0),
                      ("clock_step", -20.0, ts("2026-06-07T08:29:50"), ts("2026-06-07T08:29:50"), 0.0)]
     assert all(i["source"] == "chrony:ntp1" and i["device"] == "clock" for i in rec["incidents"])
-    st.tick(ts("2026-06-08T17:00:00"))  # nor on tomorrow's record, which the old rule picked
+    st.book.tick(ts("2026-06-08T17:00:00"))  # nor on tomorrow's record, which the old rule picked
     assert [r["incidents"] for r in kinds(emitted, "session_record") if r["session"] == "eng-pm"] == [[]]

@@ -46,7 +46,7 @@ def room(tmp_path: Path, broker: Broker):
         raise RuntimeError("a handler bug")
 
     metrics = Metrics()
-    up = Uplink(cfg.mqtt, cfg.base_topic, "exam/s/broadcast", spool, metrics,
+    up = Uplink(cfg.mqtt, cfg.topics, spool, metrics,
                 lambda s: {"state": "online", "session": s},
                 lambda s: {"state": "offline", "session": s}, on_command)
     with Watcher(broker.port, "exam/s/r/#") as w:

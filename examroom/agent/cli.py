@@ -85,10 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from examroom.agent.daemon import run_agent
 
     cfg = _load(args.config)
-    _preflight(cfg, as_service=True)  # run is the service user: no allowance for another one
+    plan = _preflight(cfg, as_service=True)  # run is the service user: no allowance for another one
     level = args.log_level or cfg.log["level"]
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_agent(cfg)
+    return run_agent(cfg, plan)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

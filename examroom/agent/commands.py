@@ -1,68 +1,102 @@
-"""Commands, from the local control socket and from MQTT ``cmd/{name}`` topics.
+"""Every command the agent answers, and where each may come from.
 
-One table serves both, so a technician at the box and the aggregator get the
-same behaviour. Over MQTT only the commands in ``REMOTE`` are accepted (no
-simulation, no check-in decisions: those belong to proctors in the room); each
-is answered on the request's MQTT v5 response topic (or ``reply/{name}``) and
-recorded as a ``command`` event, since the site must show it received and
-answered instructions pushed from above (指令推送).
+One table serves the local control socket (proctors and technicians at the
+box) and MQTT ``cmd/{name}`` (the site), so both get the same behaviour.
+``WHERE`` is the one list of commands: over MQTT only those marked ``site``
+are accepted (no simulation, no check-in decisions: those belong to proctors
+in the room). How a site request is answered and recorded is
+``remote_commands.py``.
 """
 from __future__ import annotations
 
-import json
-import logging
-import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from examroom.agent.control import RequestError, dispatch
-from examroom.agent.devices import selftest_verdict
+from examroom.agent.checkin import CheckinStation
+from examroom.agent.control import Handler, RequestError
+from examroom.agent.devices import Devices, selftest_verdict
+from examroom.agent.photos import Photos
+from examroom.agent.schedule import Schedule
+from examroom.agent.trial_reports import TrialReports
+from examroom.contract.vocabulary import EventKind, SwitchReason
+from examroom.drivers.base import Driver
 from examroom.drivers.gb11643 import has_id_shape
 
-if TYPE_CHECKING:
-    from examroom.agent.daemon import Agent
+Emit = Callable[[str, dict[str, Any]], Any]
 
-log = logging.getLogger(__name__)
-
-REMOTE = frozenset({"ping", "status", "note", "selftest", "snapshot", "audio_switch", "trial_listening"})
+LOCAL, SITE = "local", "site"
+WHERE: dict[str, frozenset[str]] = {
+    "ping": frozenset({LOCAL, SITE}),
+    "status": frozenset({LOCAL, SITE}),
+    "note": frozenset({LOCAL, SITE}),
+    "selftest": frozenset({LOCAL, SITE}),  # from the site: reading steps only (never act)
+    "snapshot": frozenset({LOCAL, SITE}),
+    "audio_switch": frozenset({LOCAL, SITE}),
+    "trial_listening": frozenset({LOCAL, SITE}),
+    "sim": frozenset({LOCAL}),
+    "checkin_admit": frozenset({LOCAL}),
+    "checkin_suspect": frozenset({LOCAL}),
+    "checkin_confirm": frozenset({LOCAL}),
+    "checkin_leave": frozenset({LOCAL}),
+    "checkin_state": frozenset({LOCAL}),
+}
+REMOTE = frozenset(name for name, where in WHERE.items() if SITE in where)
 MAX_NOTE = 2000
-MAX_REMOTE_RUNNING = 4
 
 
-def _text(args: dict[str, Any], key: str, limit: int = 200, required: bool = True) -> str:
+def _text(args: dict[str, Any], key: str, limit: int = 200) -> str:
     v = args.get(key, "")
-    if not isinstance(v, str) or (required and not v.strip()):
+    if not isinstance(v, str) or not v.strip():
         raise RequestError(f"{key!r} must be a non-empty string")
     if len(v) > limit:
         raise RequestError(f"{key!r} is longer than {limit} characters")
     return v.strip()
 
 
+def _arg(args: dict[str, Any], key: str, required: bool = True) -> str | None:
+    v = args.get(key)
+    if v is None or v == "":
+        if required:
+            raise RequestError(f"{key!r} is required")
+        return None
+    if not isinstance(v, (str, int)) or isinstance(v, bool):
+        raise RequestError(f"{key!r} must be a string")
+    return str(v)
+
+
 class Commands:
-    def __init__(self, agent: "Agent") -> None:
-        self.agent = agent
-        self._slots = threading.BoundedSemaphore(MAX_REMOTE_RUNNING)
-        # One live table: the control server holds this very dict, so commands
-        # registered later (by the room's exam components) are served too.
-        self.table: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-            "ping": self.ping, "status": self.status, "note": self.note,
-            "selftest": self.selftest, "sim": self.sim}
+    def __init__(self, *, emit: Emit, clock: Callable[[], float], devices: Devices,
+                 status: Callable[[], dict[str, Any]], scrub: Callable[[str], str],
+                 schedule: Schedule | None, station: Callable[[], CheckinStation | None],
+                 photos: Photos, trials: TrialReports) -> None:
+        self._emit = emit
+        self._clock = clock
+        self._devices = devices
+        self._status = status
+        self._scrub = scrub
+        self._schedule = schedule
+        self._station = station  # the room's, once it started (None: no seat plan)
+        self._photos = photos
+        self._trials = trials
+        self.table: dict[str, Handler] = {
+            "ping": self.ping, "status": self.status, "note": self.note, "selftest": self.selftest,
+            "snapshot": self.snapshot, "audio_switch": self.audio_switch, "trial_listening": self.trial,
+            "sim": self.sim, "checkin_admit": self.admit, "checkin_suspect": self.suspect,
+            "checkin_confirm": self.confirm, "checkin_leave": self.leave, "checkin_state": self.checkin_state}
+        assert set(self.table) == set(WHERE), "every command is listed in WHERE, and only those"
 
-    def register(self, name: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.table[name] = fn
-
-    # -- commands -----------------------------------------------------------
+    # -- the box ------------------------------------------------------------
     def ping(self, _args: dict[str, Any]) -> dict[str, Any]:
         return {"pong": True}
 
     def status(self, _args: dict[str, Any]) -> dict[str, Any]:
-        return self.agent.status()
+        return self._status()
 
     def note(self, args: dict[str, Any]) -> dict[str, Any]:
-        text = self.agent.room.scrub(_text(args, "text", MAX_NOTE))
-        data = {"text": text}
+        """Free text leaving the box never carries a full ID number or a candidate's name."""
+        data = {"text": self._scrub(_text(args, "text", MAX_NOTE))}
         if args.get("author"):
-            data["author"] = self.agent.room.scrub(_text(args, "author", 100))
-        ev = self.agent.emit("note", data)
+            data["author"] = self._scrub(_text(args, "author", 100))
+        ev = self._emit(EventKind.NOTE, data)
         return {"id": ev.id, "seq": ev.seq}
 
     def selftest(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -70,21 +104,44 @@ class Commands:
         if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
             raise RequestError("'devices' must be a list of device names")
         for n in names or []:
-            self.agent.devices.get(n)
+            self._devices.get(n)
         act, allow_absent = args.get("act"), args.get("allow_absent", False)
         if act is not None and not isinstance(act, bool):
             raise RequestError("'act' must be true, false or absent")
         if not isinstance(allow_absent, bool):
             raise RequestError("'allow_absent' must be true or false")
-        schedule = self.agent.config.schedule
-        if act and schedule is not None and schedule.listening_at(self.agent.clock()) is not None:
+        if act and self._schedule is not None and self._schedule.listening_at(self._clock()) is not None:
             raise RequestError("a listening window is on: the self-test will not switch the relay "
                                "or play a tone now; run it without acting on outputs")
-        results = [r.as_dict() for r in self.agent.devices.selftest(names, act)]
+        results = [r.as_dict() for r in self._devices.selftest(names, act)]
         verdict = selftest_verdict(results, allow_absent)
-        self.agent.emit("selftest", {"ok": verdict["passed"], "results": results, "act": act,
-                                     "absent": verdict["absent"], "allow_absent": allow_absent})
+        self._emit(EventKind.SELFTEST, {"ok": verdict["passed"], "results": results, "act": act,
+                                        "absent": verdict["absent"], "allow_absent": allow_absent})
         return {**verdict, "results": results, "act": act}
+
+    def snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._photos.take(_arg(args, "tag", False) or "command")
+
+    def audio_switch(self, args: dict[str, Any]) -> dict[str, Any]:
+        source = _arg(args, "source")
+        return self._audio_device(_arg(args, "device", False)).switch_source(source, SwitchReason.COMMAND)
+
+    def trial(self, args: dict[str, Any]) -> dict[str, Any]:
+        seconds = args.get("seconds", 10)
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 1 <= seconds <= 300:
+            raise RequestError("'seconds' must be a number from 1 to 300")
+        return self._trials.keep(self._audio_device(_arg(args, "device", False)).trial(float(seconds)))
+
+    def _audio_device(self, name: str | None) -> Driver:
+        if name:
+            drv = self._devices.get(name)
+            if drv.kind != "audio":
+                raise RequestError(f"device {name!r} is a {drv.kind}, not an audio monitor")
+            return drv
+        drv = self._devices.first("audio")
+        if drv is None:
+            raise RequestError("no audio device is configured")
+        return drv
 
     def sim(self, args: dict[str, Any]) -> dict[str, Any]:
         """``sim <device|kind|card|alarm|button|armed> words...``: act out hardware on a sim backend."""
@@ -92,7 +149,7 @@ class Commands:
         if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
             raise RequestError("'words' must be a non-empty list of strings, e.g. [\"alarm\", \"on\"]")
         target, rest = words[0], words[1:]
-        drivers = self.agent.devices.drivers
+        drivers = self._devices.drivers
         sims = [d for d in drivers.values() if d.backend == "sim"]
         if target in drivers:
             drv, action, params = drivers[target], (rest or [""])[0], rest[1:]
@@ -110,62 +167,33 @@ class Commands:
             raise RequestError(f"device {drv.name!r} is real hardware ({drv.backend}), not simulated")
         return {"device": drv.name, "result": drv.simulate(action, params)}
 
-    # -- MQTT ---------------------------------------------------------------
-    def on_mqtt(self, topic: str, payload: bytes, props: Any) -> None:
-        """Called on paho's network thread: a trial listening or a self-test takes seconds, which
-        would stall the MQTT loop past the keep-alive, so each command runs on its own thread
-        (as control-socket commands do)."""
-        if not self._slots.acquire(blocking=False):  # a burst of commands must not pile up threads
-            name = topic.rsplit("/", 1)[-1]
-            log.warning("MQTT command %s refused: %d already running", name, MAX_REMOTE_RUNNING)
-            self.agent.uplink.publish_reply(
-                getattr(props, "ResponseTopic", None) or f"{self.agent.config.base_topic}/reply/{name}",
-                {"request_id": None, "command": name, "ok": False,
-                 "error": f"busy: {MAX_REMOTE_RUNNING} commands are running; try again"},
-                getattr(props, "CorrelationData", None))
-            return
+    # -- check-in fallbacks: proctors at the box ------------------------------
+    def _need_station(self) -> CheckinStation:
+        station = self._station()
+        if station is None:
+            raise RequestError("check-in is not configured (no [checkin] seatplan)")
+        return station
 
-        def run() -> None:
-            try:
-                self._run_mqtt(topic, payload, props)
-            except Exception:
-                log.exception("MQTT command on %s failed", topic)
-            finally:
-                self._slots.release()
+    def admit(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._need_station().manual_admit(
+            seat=_arg(args, "seat", False), id_last6=_arg(args, "id_last6", False),
+            ticket_tail=_arg(args, "ticket_tail", False), proctor=_arg(args, "proctor"))
 
-        threading.Thread(target=run, name="mqtt-command", daemon=True).start()
+    def suspect(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._need_station().mark_suspect(_arg(args, "seat"), _arg(args, "proctor"),
+                                                 _arg(args, "reason", False) or "")
 
-    def _run_mqtt(self, topic: str, payload: bytes, props: Any) -> None:
-        name = topic.rsplit("/", 1)[-1]
-        response_topic = getattr(props, "ResponseTopic", None) or f"{self.agent.config.base_topic}/reply/{name}"
-        correlation = getattr(props, "CorrelationData", None)
-        request_id = None
-        try:
-            req = json.loads(payload or b"{}")
-            if not isinstance(req, dict):
-                raise RequestError("payload must be a JSON object")
-            request_id = req.get("id")
-            if name not in REMOTE:
-                raise RequestError(f"command {name!r} is not accepted over MQTT; "
-                                   f"accepted: {', '.join(sorted(REMOTE))}")
-            args = req.get("args") or {}
-            if name == "selftest" and isinstance(args, dict):
-                # from afar, a self-test only reads: a tone or a relay click in a room full
-                # of candidates needs the person in that room to say yes
-                args = {**args, "act": False}
-            line = json.dumps({"cmd": name, "args": args}).encode()
-            reply = dispatch(self.table, line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            reply = {"ok": False, "error": "payload is not JSON"}
-        except RequestError as e:
-            reply = {"ok": False, "error": str(e)}
-        reply = {**reply, "request_id": request_id, "command": name}
-        self.agent.emit("command", {"command": name, "topic": topic, "request_id": request_id,
-                                    "ok": reply["ok"], "error": reply.get("error")})
-        self.agent.uplink.publish_reply(response_topic, reply, correlation)
+    def confirm(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._need_station().confirm(_arg(args, "seat"), _arg(args, "proctor"))
+
+    def leave(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._need_station().leave(_arg(args, "seat"))
+
+    def checkin_state(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return self._need_station().state()
 
 
-def _first(sims: list, kind: str, target: str):
+def _first(sims: list[Driver], kind: str, target: str) -> Driver:
     for d in sims:
         if d.kind == kind:
             return d

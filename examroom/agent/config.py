@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from examroom.agent.errors import ConfigError, Problem
+from examroom.contract.topics import Topics
 from examroom.drivers.base import Option
 
 TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
@@ -137,7 +138,11 @@ class Config:
 
     @property
     def base_topic(self) -> str:
-        return f"{self.mqtt['topic_prefix']}/{self.site['id']}/{self.room['id']}"
+        return self.topics.base
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.mqtt["topic_prefix"], self.site["id"], self.room["id"])
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -339,9 +344,10 @@ DEVICE_WRITE_DIRS = ("snapshot_dir",)  # device options naming a directory its d
 def written_paths(cfg: Config) -> list[tuple[str, str, bool]]:
     """(key, path, is a directory) of every place this config makes the agent write."""
     out = [("spool.path", cfg.spool["path"], False), ("control.socket", cfg.control["socket"], False)]
-    if cfg.checkin["seatplan"] or any(d.kind == "audio" for d in cfg.devices):
+    keeps_records = bool(cfg.checkin["seatplan"]) or cfg.schedule is not None  # the session book
+    if keeps_records or any(d.kind == "audio" for d in cfg.devices):
         out.append(("checkin.record_dir", cfg.checkin["record_dir"], True))  # records, trial reports
-    if cfg.checkin["seatplan"]:
+    if keeps_records:
         out.append(("checkin.journal", cfg.checkin["journal"], False))
     for i, d in enumerate(cfg.devices):  # cfg.devices holds every [[device]]: none had a problem
         out += [(f"device[{i}].{k}", d.options[k], True) for k in DEVICE_WRITE_DIRS if d.options.get(k)]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from examroom import __version__
-from examroom.drivers.bus import Bus
+from examroom.agent.alerts import room_state
 from examroom.agent.commands import Commands
 from examroom.agent.config import Config
 from examroom.agent.control import ControlServer
@@ -29,16 +29,30 @@ from examroom.agent.events import Event, iso_now
 from examroom.agent.hostinfo import host_health
 from examroom.agent.instance import InstanceLock, StartFailed
 from examroom.agent.metrics import Metrics
+from examroom.agent.metrics_bridge import MetricsBridge
+from examroom.agent.photos import Photos
+from examroom.agent.remote_commands import RemoteCommands
 from examroom.agent.room import Room
 from examroom.agent.sdnotify import notify, watchdog_interval_s
+from examroom.agent.seatplan import SeatPlan
 from examroom.agent.spool import Spool
+from examroom.agent.trial_reports import TrialReports
 from examroom.agent.uplink import Uplink
+from examroom.contract.vocabulary import RoomState
+from examroom.drivers.bus import Bus
 
 log = logging.getLogger(__name__)
 
 
 class Agent:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time) -> None:
+    """Builds every component with the collaborators it needs, and runs the main loop.
+
+    The wiring is all here: no component is handed the agent itself, so each one's
+    constructor says what it depends on.
+    """
+
+    def __init__(self, config: Config, plan: SeatPlan | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
@@ -46,12 +60,19 @@ class Agent:
         self.spool = Spool(config.spool["path"], config.spool["max_bytes"], config.spool["sync"],
                            on_drop=lambda kind: self.metrics.dropped.labels(kind=kind).inc())
         self.devices = Devices(config.devices, self.bus, self.metrics, clock)
-        self.room = Room(self)
-        self.commands = Commands(self)
-        self.uplink = Uplink(config.mqtt, config.base_topic,
-                             f"{config.mqtt['topic_prefix']}/{config.site['id']}/broadcast",
-                             self.spool, self.metrics, self._birth, self._will,
-                             self.commands.on_mqtt)
+        self.metrics_bridge = MetricsBridge(self.bus, self.metrics)
+        self.photos = Photos(self.devices, self.emit, [dc.name for dc in config.devices if dc.kind == "camera"])
+        ck = config.checkin
+        self.room = Room(config.room["id"], config.schedule, plan, ck["record_dir"], ck["journal"],
+                         config.listening["auto_switch_backup"], self.bus, self.emit, clock, self.devices,
+                         self.photos)
+        self.commands = Commands(
+            emit=self.emit, clock=clock, devices=self.devices, status=self.status, scrub=self.room.scrub,
+            schedule=config.schedule, station=lambda: self.room.station, photos=self.photos,
+            trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident))
+        self.remote = RemoteCommands(self.commands.table, self.emit, self._reply, config.topics)
+        self.uplink = Uplink(config.mqtt, config.topics, self.spool, self.metrics, self._birth, self._will,
+                             self.remote.on_mqtt)
         self.control = ControlServer(config.control["socket"], self.commands.table)
         self.started_mono = time.monotonic()
         self.last_heartbeat: str | None = None
@@ -70,6 +91,13 @@ class Agent:
             self.uplink.offer(ev)
         return ev
 
+    def _reply(self, topic: str, payload: dict[str, Any], correlation: Any) -> None:
+        self.uplink.publish_reply(topic, payload, correlation)
+
+    def room_state(self) -> tuple[RoomState, list[str]]:
+        return room_state(self.devices.needing_attention(), self.room.alerts(), self.loop_errors,
+                          self.uplink.rejected, self.spool.overfull)
+
     # -- payloads -----------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
         c = self.config
@@ -77,7 +105,7 @@ class Agent:
                 "room": c.room["id"], "room_label": c.room["label"]}
 
     def _birth(self, session: int) -> dict[str, Any]:
-        state, alerts = self.room.state()
+        state, alerts = self.room_state()
         self._published_state = f"{state}|{alerts}|{session}"  # birth is a status publication
         return {"state": state, "session": session, "ts": iso_now(self.clock()), **self._identity(),
                 "version": __version__, "alerts": alerts,
@@ -91,7 +119,7 @@ class Agent:
         depth = self.spool.depth()
         self.metrics.spool_depth.set(depth["events"])
         self.metrics.spool_bytes.set(depth["bytes"])
-        state, alerts = self.room.state()
+        state, alerts = self.room_state()
         return {
             "ts": iso_now(self.clock()), "session": self.uplink.session, "state": state,
             "alerts": alerts, "uptime_s": round(time.monotonic() - self.started_mono, 1),
@@ -105,7 +133,7 @@ class Agent:
         }
 
     def status(self) -> dict[str, Any]:
-        state, alerts = self.room.state()
+        state, alerts = self.room_state()
         return {"agent": {"version": __version__, "pid": os.getpid(), **self._identity()},
                 "broker": {"connected": self.uplink.connected, "session": self.uplink.session,
                            "host": self.config.mqtt["host"], "port": self.config.mqtt["port"],
@@ -116,7 +144,7 @@ class Agent:
 
     def publish_state_if_changed(self) -> None:
         """The retained status follows the room between online and alert."""
-        state, alerts = self.room.state()
+        state, alerts = self.room_state()
         key = f"{state}|{alerts}|{self.uplink.session}"
         if key != self._published_state and self.uplink.connected:
             if self.uplink.publish_live("status", self._birth(self.uplink.session), retain=True):
@@ -131,6 +159,7 @@ class Agent:
         steps: list[tuple[str, Callable[[], None]]] = [
             (f"spool {self.config.spool['path']}", self.spool.open),
             ("room", self.room.start),  # listeners before devices: nothing a device says at start is lost
+            ("metrics bridge", self.metrics_bridge.start),
             ("devices", self.devices.start),
             ("uplink", self.uplink.start),
             (f"control socket {self.control.path}", self.control.start)]
@@ -196,7 +225,7 @@ class Agent:
     def stop(self) -> None:
         notify("STOPPING=1")
         self.control.stop()
-        self.room.stop()
+        self.photos.stop()
         self.uplink.stop()
         self.devices.stop()
         if self._metrics_server is not None:
@@ -205,13 +234,13 @@ class Agent:
         self.spool.close()
 
 
-def run_agent(config: Config) -> int:
+def run_agent(config: Config, plan: SeatPlan | None) -> int:
     """Run until SIGTERM/SIGINT. The instance lock comes first, before anything is opened,
     and is held until the process ends; AlreadyRunning and StartFailed go to the CLI."""
     os.umask(0o027)  # records, snapshots and reports hold personal data: not world-readable
     lock = InstanceLock(config.spool["path"]).acquire()
     try:
-        agent = Agent(config)
+        agent = Agent(config, plan)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: agent.request_stop())
         agent.start()

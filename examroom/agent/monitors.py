@@ -13,12 +13,13 @@ from typing import Any, Callable
 
 from examroom.agent.events import iso_now
 from examroom.agent.schedule import Schedule
+from examroom.contract.vocabulary import AUDIO_LOSS_FEEDS, EventKind, Incident, IncidentPhase, IncidentType
 from examroom.drivers.events import AudioSourceSwitched, AudioStateChanged, CameraHealth, ClockState
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], Any]
-LOSS_STATES = frozenset({"silence", "no_input"})
+Record = Callable[[Incident], Any]
 
 
 class AudioWatch:
@@ -32,7 +33,7 @@ class AudioWatch:
     """
 
     def __init__(self, schedule: Schedule | None, emit: Emit, clock: Callable[[], float],
-                 record: Callable[[dict[str, Any]], Any] | None = None,
+                 record: Record | None = None,
                  switch_backup: Callable[[str], Any] | None = None) -> None:
         self.schedule = schedule
         self.emit = emit
@@ -47,13 +48,13 @@ class AudioWatch:
         with self._lock:
             self._state[ev.device] = (ev.state, ev.since)
         listening = self._window(ev.since) is not None
-        self.emit("audio", {"device": ev.device, "state": ev.state, "previous": ev.previous,
+        self.emit(EventKind.AUDIO, {"device": ev.device, "state": ev.state, "previous": ev.previous,
                             "since": iso_now(ev.since), "rms_dbfs": ev.rms_dbfs,
                             "peak_dbfs": ev.peak_dbfs, "listening": listening})
         self.evaluate()
 
     def on_switch(self, ev: AudioSourceSwitched) -> None:
-        self.emit("audio_switch", {"device": ev.device, "source": ev.source, "reason": ev.reason})
+        self.emit(EventKind.AUDIO_SWITCH, {"device": ev.device, "source": ev.source, "reason": ev.reason})
 
     def _window(self, ts: float) -> tuple[Any, Any] | None:
         return self.schedule.listening_at(ts) if self.schedule is not None else None
@@ -65,18 +66,18 @@ class AudioWatch:
             actions = []
             for device, (state, since) in self._state.items():
                 incident = self._open.get(device)
-                if incident is None and state in LOSS_STATES:
+                if incident is None and state in AUDIO_LOSS_FEEDS:
                     found = self._window(now)
                     if found is not None:
                         session, window = found
                         start = max(since, window.start)
-                        incident = {"type": "audio_loss", "device": device, "session": session.id,
+                        incident = {"type": IncidentType.AUDIO_LOSS, "device": device, "session": session.id,
                                     "cause": state, "start": iso_now(start), "_start": start,
                                     "_window_end": window.end}
                         self._open[device] = incident
                         actions.append(("open", incident))
-                elif incident is not None and (state not in LOSS_STATES or now >= incident["_window_end"]):
-                    end = since if state not in LOSS_STATES else incident["_window_end"]
+                elif incident is not None and (state not in AUDIO_LOSS_FEEDS or now >= incident["_window_end"]):
+                    end = since if state not in AUDIO_LOSS_FEEDS else incident["_window_end"]
                     end = min(max(end, incident["_start"]), incident["_window_end"])
                     del self._open[device]
                     actions.append(("close", {**incident, "end": iso_now(end),
@@ -85,13 +86,13 @@ class AudioWatch:
             public = {k: v for k, v in incident.items() if not k.startswith("_")}
             if what == "open":
                 log.warning("audio loss on %s during listening (session %s)", public["device"], public["session"])
-                self.emit("incident", {**public, "phase": "started"})
+                self.emit(EventKind.INCIDENT, {**public, "phase": IncidentPhase.STARTED})
                 if self.switch_backup is not None:
                     self.switch_backup(public["device"])
             else:
-                self.emit("incident", {**public, "phase": "ended"})
+                self.emit(EventKind.INCIDENT, {**public, "phase": IncidentPhase.ENDED})
                 if self.record is not None:
-                    self.record(public)
+                    self.record(Incident(IncidentType.AUDIO_LOSS, {k: v for k, v in public.items() if k != "type"}))
 
     def alerts(self) -> list[str]:
         with self._lock:
@@ -103,7 +104,7 @@ class CameraWatch:
         self.emit = emit
 
     def on_health(self, ev: CameraHealth) -> None:
-        self.emit("camera", {"device": ev.device, "state": ev.state, "reason": ev.reason,
+        self.emit(EventKind.CAMERA, {"device": ev.device, "state": ev.state, "reason": ev.reason,
                              "metrics": ev.metrics})
 
 
@@ -125,11 +126,11 @@ class ClockWatch:
     def on_clock(self, ev: ClockState) -> None:
         data = {"device": ev.device, "synced": ev.synced, "offset_s": ev.offset_s,
                 "source": ev.source, "stepped_s": ev.stepped_s}
-        self.emit("clock", data)
+        self.emit(EventKind.CLOCK, data)
         if ev.stepped_s is None or self.record is None:
             return
         now = self.clock()
-        session = self.record({"type": "clock_step", "time": iso_now(ev.ts), **data},
+        session = self.record(Incident(IncidentType.CLOCK_STEP, {"time": iso_now(ev.ts), **data}),
                               during=(now, now - ev.stepped_s))
         if session is None:
             log.info("clock stepped %+.3f s outside any exam session: on no session record", ev.stepped_s)

@@ -88,6 +88,11 @@ class SeatPlan:
         object.__setattr__(self, "_by_seat", {c.seat: c for c in self.candidates})
         object.__setattr__(self, "_by_uid", {u: c for c in self.candidates for u in c.card_uids})
 
+    @classmethod
+    def empty(cls, room: str) -> "SeatPlan":
+        """The plan of a room that checks nobody in: its session records still keep incidents."""
+        return cls(room=room, file="", sha256="", candidates=())
+
     def __len__(self) -> int:
         return len(self.candidates)
 

@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 from examroom.agent.schedule import Session
 from examroom.agent.seatplan import SeatPlan
-
-PRESENT = ("admitted", "suspect", "out")
+from examroom.contract.vocabulary import (PRESENT, AttendanceStatus, EventKind, Method, SeatStatus,
+                                          SweepResult, Verdict)
 
 
 @dataclass
@@ -41,8 +41,8 @@ class PendingSweep:
 
 @dataclass
 class SeatState:
-    status: str = "absent"  # absent | admitted | suspect | out
-    before_suspect: str = "absent"
+    status: str = SeatStatus.ABSENT
+    before_suspect: str = SeatStatus.ABSENT
     confirmations: list[str] = field(default_factory=list)
 
 
@@ -67,23 +67,23 @@ class SessionState:
 
     def apply(self, kind: str, data: dict[str, Any]) -> None:
         seat = data.get("seat")
-        if kind == "checkin":
+        if kind == EventKind.CHECKIN:
             self.checkins.append(data)
             verdict = data["verdict"]
-            if verdict == "admitted":
+            if verdict == Verdict.ADMITTED:
                 st = self.seat(seat)
-                st.status, st.confirmations = "admitted", []
+                st.status, st.confirmations = SeatStatus.ADMITTED, []
                 if data.get("sweep_required") and self.pending_for(seat) is None:
                     self.pending.append(PendingSweep(seat, data["time"]))
-            elif verdict == "suspect":
+            elif verdict == Verdict.SUSPECT:
                 st = self.seat(seat)
-                st.before_suspect, st.status, st.confirmations = st.status, "suspect", []
-            elif verdict == "left":
-                self.seat(seat).status = "out"
-        elif kind == "suspect_confirm":
+                st.before_suspect, st.status, st.confirmations = st.status, SeatStatus.SUSPECT, []
+            elif verdict == Verdict.LEFT:
+                self.seat(seat).status = SeatStatus.OUT
+        elif kind == EventKind.SUSPECT_CONFIRM:
             self.confirms.append(data)
             self.seat(seat).confirmations.append(data["proctor"])
-        elif kind == "sweep":
+        elif kind == EventKind.SWEEP:
             self.sweeps.append(data)
             if not data.get("unassociated"):
                 self.pending = [p for p in self.pending if p.seat != seat]
@@ -96,19 +96,19 @@ class SessionState:
                     p.rechecks += 1
         elif kind == "_incident":
             self.incidents.append(data)
-        elif kind == "attendance":
+        elif kind == EventKind.ATTENDANCE:
             self.attendance_sent = True
-        elif kind == "session_record":
+        elif kind == EventKind.SESSION_RECORD:
             self.record_written = True
 
     def count(self, *statuses: str) -> int:
         return sum(1 for s in self.seats.values() if s.status in statuses)
 
     def late_refused(self) -> list[str]:
-        return _unique(c["seat"] for c in self.checkins if c["verdict"] == "late_refused" and c.get("seat"))
+        return _unique(c["seat"] for c in self.checkins if c["verdict"] == Verdict.LATE_REFUSED and c.get("seat"))
 
     def manual_admissions(self) -> int:
-        return sum(1 for c in self.checkins if c["verdict"] == "admitted" and c["method"] == "manual")
+        return sum(1 for c in self.checkins if c["verdict"] == Verdict.ADMITTED and c["method"] == Method.MANUAL)
 
 
 def _unique(items: Any) -> list[str]:
@@ -122,10 +122,10 @@ def attendance(state: SessionState, session: Session, plan: SeatPlan, now: float
         "session": session.id, "room": plan.room, "time": now, "cutoff": session.cutoff,
         "total": len(seats),
         "present": sum(1 for s in seats if state.seat(s).status in PRESENT),
-        "absent": [s for s in seats if state.seat(s).status == "absent"],
+        "absent": [s for s in seats if state.seat(s).status == SeatStatus.ABSENT],
         "late_refused": state.late_refused(),
         "manual_admissions": state.manual_admissions(),
-        "suspects": [s for s in seats if state.seat(s).status == "suspect"],
+        "suspects": [s for s in seats if state.seat(s).status == SeatStatus.SUSPECT],
         "pending_sweep": [p.seat for p in state.pending],
         "complete": state.observed_from <= session.entry_opens,
         "seatplan_sha256": plan.sha256,
@@ -138,7 +138,7 @@ class _SeatFacts(NamedTuple):
     mine: list[dict[str, Any]]      # the seat's check-in events
     admitted: list[dict[str, Any]]  # of which admissions
     sweeps: list[dict[str, Any]]
-    status: str                     # absent | suspect | present
+    status: AttendanceStatus
 
 
 def _seat_facts(state: SessionState, plan: SeatPlan) -> Iterator[_SeatFacts]:
@@ -148,9 +148,10 @@ def _seat_facts(state: SessionState, plan: SeatPlan) -> Iterator[_SeatFacts]:
         assert c is not None
         mine = [e for e in state.checkins if e.get("seat") == seat]
         status = state.seat(seat).status
-        yield _SeatFacts(seat, c, mine, [e for e in mine if e["verdict"] == "admitted"],
+        yield _SeatFacts(seat, c, mine, [e for e in mine if e["verdict"] == Verdict.ADMITTED],
                          [s for s in state.sweeps if s.get("seat") == seat and not s.get("unassociated")],
-                         status if status in ("absent", "suspect") else "present")
+                         AttendanceStatus(status) if status in (SeatStatus.ABSENT, SeatStatus.SUSPECT)
+                         else AttendanceStatus.PRESENT)
 
 
 def _candidate_rows(state: SessionState, session: Session, plan: SeatPlan) -> list[dict[str, Any]]:
@@ -162,13 +163,13 @@ def _candidate_rows(state: SessionState, session: Session, plan: SeatPlan) -> li
             "admitted_at": session.iso(admitted[0]["time"]) if admitted else "",
             "method": admitted[0]["method"] if admitted else "",
             "reentries": sum(1 for e in admitted if e.get("reentry")),
-            "left": sum(1 for e in mine if e["verdict"] == "left"),
+            "left": sum(1 for e in mine if e["verdict"] == Verdict.LEFT),
             "medical_metal": c.medical_metal,
             "sweep_results": [s["result"] for s in sweeps],
             "alarms": sum(s["alarms"] for s in sweeps),
             "rechecks": sum(s["rechecks"] for s in sweeps),
             "refusals": [f'{e["verdict"]} {session.iso(e["time"])}' for e in mine
-                         if e["verdict"] not in ("admitted", "left", "suspect", "duplicate")],
+                         if e["verdict"] not in (Verdict.ADMITTED, Verdict.LEFT, Verdict.SUSPECT, Verdict.DUPLICATE)],
             "suspect_confirmed_by": [f["proctor"] for f in state.confirms if f["seat"] == seat],
         })
     return rows
@@ -184,7 +185,7 @@ def summary(state: SessionState, session: Session, plan: SeatPlan) -> dict[str, 
         "sweeps": {"closed": len(closed),
                    "with_alarm": sum(1 for s in closed if s["alarms"] > 0),
                    "medical_metal_exempt": sum(1 for s in closed if s["medical_metal_exempt"]),
-                   "not_cleared": sum(1 for s in closed if s["result"] in ("not_cleared", "left_before_clear")),
+                   "not_cleared": sum(1 for s in closed if s["result"] in (SweepResult.NOT_CLEARED, SweepResult.LEFT_BEFORE_CLEAR)),
                    "unassociated": sum(1 for s in state.sweeps if s.get("unassociated"))},
         "incidents": len(state.incidents), "complete": att["complete"],
     }
@@ -319,7 +320,7 @@ def write_record(state: SessionState, session: Session, plan: SeatPlan, record_d
                     "cutoff": session.iso(session.cutoff),
                     "listening": [{"start": session.iso(w.start), "end": session.iso(w.end)}
                                   for w in session.listening]},
-        "seatplan": {"file": Path(plan.file).name, "sha256": plan.sha256},
+        "seatplan": {"file": Path(plan.file).name, "sha256": plan.sha256} if plan.file else None,
         "observed_from": session.iso(state.observed_from),
         "written_at": session.iso(now),
         "summary": summary(state, session, plan),

@@ -22,7 +22,6 @@ import json
 import logging
 import random
 import select
-import socket
 import ssl
 import threading
 import time
@@ -35,9 +34,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from examroom.agent.delivery import DeliveryWindow
 from examroom.agent.events import Event
 from examroom.agent.metrics import Metrics
 from examroom.agent.spool import Spool
+from examroom.agent.waker import Waker
+from examroom.contract.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +81,13 @@ class _Live(NamedTuple):
 
 
 class Uplink:
-    def __init__(self, mqtt_cfg: dict[str, Any], base_topic: str, broadcast_topic: str,
+    def __init__(self, mqtt_cfg: dict[str, Any], topics: Topics,
                  spool: Spool, metrics: Metrics,
                  birth: Callable[[int], dict[str, Any]],
                  will: Callable[[int], dict[str, Any]],
                  on_command: CommandHandler | None = None) -> None:
         self.cfg = mqtt_cfg
-        self.base = base_topic
-        self.broadcast = broadcast_topic
+        self.topics = topics
         self.spool = spool
         self.metrics = metrics
         self.birth = birth
@@ -94,28 +95,24 @@ class Uplink:
         self.on_command = on_command
         self.session = 0
         self.rtt_ms: float | None = None
-        self.rejected = 0  # events the broker refused this run (ACL, size): a person must look
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._client: mqtt.Client | None = None
         self._thread: threading.Thread | None = None
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
-        self._woken = False
-        # Events just committed, handed over so the loop need not read them back; only a
-        # shortcut: the spool stays the truth, and any gap sends the loop back to it.
-        self._fresh: deque[Event] = deque(maxlen=4 * int(mqtt_cfg["inflight"]))
+        self._waker = Waker()
+        self._window = DeliveryWindow(spool, metrics, topics, int(mqtt_cfg["inflight"]))
         self._outbox: deque[_Live] = deque()
         # loop-thread state
-        self._inflight: dict[int, tuple[int, float]] = {}  # mid -> (seq, handed at)
-        self._acked: list[int] = []
-        self._last = 0  # highest seq handed to paho on this connection
         self._probe: dict[int, float] = {}  # heartbeat mid -> publish time, for the round trip
         self._goodbye_mid: int | None = None
         self._goodbye_acked = False
-        self._published: dict[str, Any] = {}  # kind -> metric child (labels() is not free)
 
     # -- public -------------------------------------------------------------
+    @property
+    def rejected(self) -> int:
+        """Events the broker refused this run (ACL, size): a person must look."""
+        return self._window.rejected
+
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
@@ -123,13 +120,10 @@ class Uplink:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def topic(self, suffix: str) -> str:
-        return f"{self.base}/{suffix}"
-
     def start(self) -> None:
         self.session = self.spool.last_session()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                             client_id=self.base.replace("/", "-"))
+                             client_id=self.topics.base.replace("/", "-"))
         client.suppress_exceptions = True  # a raising callback must never kill the loop
         client.max_inflight_messages_set(self.cfg["inflight"])
         client.max_queued_messages_set(0)
@@ -145,9 +139,7 @@ class Uplink:
         client.on_publish = self._guard(self._on_publish)
         client.on_message = self._guard(self._on_message)
         self._client = client
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._waker.open()
         self._thread = threading.Thread(target=self._forever, name="uplink", daemon=True)
         self._thread.start()
 
@@ -156,20 +148,17 @@ class Uplink:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._wakeup()
+        self._waker.wake()
         if self._thread is not None:
             self._thread.join(GOODBYE_WAIT_S + 2)
-        for s in (self._wake_r, self._wake_w):
-            if s is not None:
-                s.close()
+        self._waker.close()
 
     def offer(self, ev: Event) -> None:
         """An event was committed to the spool: hand it to the loop, and wake it unless
         something is in flight: then a PUBACK is coming, and the loop fills the window from
         the hand-over when it handles it (a wake per event cost a syscall and a turn each)."""
-        self._fresh.append(ev)
-        if not self._inflight:
-            self._wakeup()
+        if self._window.offer(ev):
+            self._waker.wake()
 
     def publish_live(self, suffix: str, payload: dict[str, Any], retain: bool = False,
                      probe: bool = False) -> bool:
@@ -177,8 +166,8 @@ class Uplink:
         False when there is no connection to send it on."""
         if not self.connected:
             return False
-        self._outbox.append(_Live(self.topic(suffix), _dumps(payload), retain, None, probe))
-        self._wakeup()
+        self._outbox.append(_Live(self.topics.suffix(suffix), _dumps(payload), retain, None, probe))
+        self._waker.wake()
         return True
 
     def publish_reply(self, topic: str, payload: dict[str, Any],
@@ -187,33 +176,10 @@ class Uplink:
             return
         self._outbox.append(_Live(topic, _dumps(payload), False, correlation, False,
                                   str(payload.get("command"))))
-        self._wakeup()
+        self._waker.wake()
 
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
-
-    # -- waking the loop ----------------------------------------------------
-    def _wakeup(self) -> None:
-        # The flag spares a syscall per event while the loop is busy anyway. No wake is
-        # lost: the loop empties the pair, then clears the flag, then looks at the
-        # hand-over, so whatever was queued before a skipped send is seen. (Clearing
-        # first would let a byte sent in between be swallowed with the flag left set:
-        # every later wake skipped, the loop down to its idle polling.)
-        if self._woken or self._wake_w is None:
-            return
-        self._woken = True
-        try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass
-
-    def _drain_wake(self) -> None:
-        try:
-            assert self._wake_r is not None
-            self._wake_r.recv(4096)
-        except (BlockingIOError, OSError):
-            pass
-        self._woken = False
 
     # -- the loop thread ----------------------------------------------------
     def _forever(self) -> None:
@@ -234,7 +200,7 @@ class Uplink:
         backoff = Backoff(float(self.cfg["reconnect_min_s"]), float(self.cfg["reconnect_max_s"]))
         while not self._stop.is_set():
             self.session = self.spool.next_session()
-            client.will_set(self.topic("status"), _dumps(self.will(self.session)), qos=1, retain=True)
+            client.will_set(self.topics.status, _dumps(self.will(self.session)), qos=1, retain=True)
             try:
                 client.connect(self.cfg["host"], self.cfg["port"], keepalive=self.cfg["keepalive_s"],
                                clean_start=True)
@@ -252,7 +218,7 @@ class Uplink:
                 break
             self.metrics.reconnects.inc()
             self._stop.wait(backoff.next())
-        self._flush_acks()
+        self._window.flush_acks()
 
     def _serve(self, client: mqtt.Client) -> bool:
         """Run one connection until it is lost or the agent stops; True if it came up."""
@@ -277,86 +243,39 @@ class Uplink:
             self._flush_outbox(client)
             if self.connected and deadline is None:
                 came_up = True
-                self._fill_window(client)
+                self._window.fill(client, self.session)
             if not self._io(client, self._wait_s()):
                 return came_up
-            if self._acked and (len(self._acked) >= self.cfg["inflight"] // 2
-                                or (not self._inflight and self._last >= self.spool.last_seq)):
-                self._flush_acks()  # one delete per half window, or once all is sent and acked
+            self._window.flush_acks_if_due()
 
     def _wait_s(self) -> float:
         """No sleep while the window has room and the spool has more to send."""
         if self._stop.is_set() and self.connected:
             return 0.05
-        if (self.connected and self._last < self.spool.last_seq
-                and len(self._inflight) < self.cfg["inflight"]):
+        if self.connected and self._window.has_more:
             return 0.0
         return min(IDLE_WAIT_S, self.cfg["keepalive_s"] / 2)
 
     def _io(self, client: mqtt.Client, timeout: float) -> bool:
         """One turn of paho's external loop; False when the connection is gone."""
         sock = client.socket()
-        if sock is None or self._wake_r is None:
+        wake = self._waker.readable
+        if sock is None or wake is None:
             return False
         if getattr(sock, "pending", None) and sock.pending():  # bytes already inside TLS
             timeout = 0.0
         wlist = [sock] if client.want_write() else []
         try:
-            readable, writable, _ = select.select([sock, self._wake_r], wlist, [], timeout)
+            readable, writable, _ = select.select([sock, wake], wlist, [], timeout)
         except (OSError, ValueError, TypeError):  # the socket was closed under us
             return False
-        if self._wake_r in readable:
-            self._drain_wake()
+        if wake in readable:
+            self._waker.drain()
         for ready, step in ((sock in readable, client.loop_read), (bool(writable), client.loop_write),
                             (True, client.loop_misc)):
             if ready and (step() != mqtt.MQTT_ERR_SUCCESS or client.socket() is None):
                 return False
         return True
-
-    def _flush_acks(self) -> None:
-        if self._acked:
-            self.spool.ack(self._acked)
-            self._acked = []
-            self.metrics.spool_depth.set(self.spool.pending)
-
-    def _fill_window(self, client: mqtt.Client) -> None:
-        room = self.cfg["inflight"] - len(self._inflight)
-        if room <= 0:
-            return
-        now = time.monotonic()
-        for ev in self._next_batch(room):
-            info = client.publish(self.topic(f"event/{ev.kind}"), ev.payload(self.session), qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                return  # the connection went mid-batch: resume from the spool on reconnect
-            self._inflight[info.mid] = (ev.seq, now)
-            self._last = ev.seq
-            counter = self._published.get(ev.kind)
-            if counter is None:
-                counter = self._published[ev.kind] = self.metrics.published.labels(kind=ev.kind)
-            counter.inc()
-
-    def _next_batch(self, room: int) -> list[Event]:
-        """The events after ``_last``, in seq order: from the hand-over while it continues
-        ``_last`` without a gap, else (after an outage, a drop, two producers racing) from
-        the spool, which is always right."""
-        last, fresh = self._last, self._fresh
-        while fresh and fresh[0].seq <= last:
-            fresh.popleft()
-        batch: list[Event] = []
-        while fresh and len(batch) < room:
-            # pop, then look: a producer's append to the full deque may push out the head
-            # between a look and a pop; an event popped out of turn is still in the spool
-            ev = fresh.popleft()
-            if ev.seq != last + 1 + len(batch):
-                break
-            batch.append(ev)
-        newest = self.spool.last_seq  # read before the batch: all up to it is committed
-        if batch or last >= newest:
-            return batch
-        batch = self.spool.read_batch(last, room)
-        if not batch:
-            self._last = newest  # what lay between was dropped (spool full): nothing to wait for
-        return batch
 
     def _flush_outbox(self, client: mqtt.Client) -> None:
         while self._outbox:
@@ -371,13 +290,13 @@ class Uplink:
                 info = client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain, properties=props)
             except ValueError:  # a Response Topic with wildcards: answer where the contract says
                 log.warning("unusable response topic %r; replying on reply/%s", msg.topic, msg.command)
-                info = client.publish(self.topic(f"reply/{msg.command}"), msg.payload, qos=1,
+                info = client.publish(self.topics.reply(msg.command), msg.payload, qos=1,
                                       properties=props)
             if msg.probe and info.rc == mqtt.MQTT_ERR_SUCCESS:
                 self._probe[info.mid] = time.monotonic()
 
     def _say_goodbye(self, client: mqtt.Client) -> None:
-        info = client.publish(self.topic("status"), _dumps(self.will(self.session) | {"clean": True}),
+        info = client.publish(self.topics.status, _dumps(self.will(self.session) | {"clean": True}),
                               qos=1, retain=True)
         self._goodbye_mid = info.mid
         self._goodbye_acked = info.rc != mqtt.MQTT_ERR_SUCCESS  # nothing to wait for
@@ -399,14 +318,12 @@ class Uplink:
             self.metrics.connect_failures.inc()
             return
         client.drop_out_messages()  # the spool resends in order; paho's copy would duplicate
-        self._flush_acks()  # rereading from the start must not resend what was acknowledged
-        self._inflight.clear()
-        self._last = 0
+        self._window.restart()
         self._probe.clear()
         # Subscribe before the birth: the broker handles one connection's packets in order,
         # so whoever sees "online" can send a command and it will not fall on deaf ears.
-        client.subscribe([(self.topic("cmd/+"), 1), (f"{self.broadcast}/cmd/+", 1)])
-        client.publish(self.topic("status"), _dumps(self.birth(self.session)), qos=1, retain=True)
+        client.subscribe([(self.topics.commands, 1), (self.topics.site_broadcast.commands, 1)])
+        client.publish(self.topics.status, _dumps(self.birth(self.session)), qos=1, retain=True)
         log.info("connected to %s:%s, session %d", self.cfg["host"], self.cfg["port"], self.session)
         self._set_connected(True)
 
@@ -422,19 +339,7 @@ class Uplink:
             self.rtt_ms = round((time.monotonic() - sent) * 1000, 2)
         if mid == self._goodbye_mid:
             self._goodbye_acked = True
-        entry = self._inflight.pop(mid, None)
-        if entry is None:
-            return  # status/heartbeat/reply
-        seq, handed = entry
-        if reason is not None and getattr(reason, "is_failure", False):
-            # The broker refused it (e.g. ACL): it stays spooled and is retried on the
-            # next connection; the metric and the log make it visible.
-            self.metrics.publish_rejected.inc()
-            self.rejected += 1
-            log.error("broker refused event seq %d (%s); kept in the spool", seq, reason)
-            return
-        self._acked.append(seq)
-        self.metrics.publish_latency.observe(time.monotonic() - handed)
+        self._window.acknowledged(mid, reason)
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         if self.on_command is not None:
