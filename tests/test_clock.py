@@ -155,6 +155,9 @@ def test_offset_bound_crossed_both_ways(bus_events):
     clk.poll()
     assert clk.status().state == OK
     assert [e.offset_s for e in clock_states(events)] == [0.1, -1.2, 0.2]
+    # the event's reason leaves the moving offset out, so -1.2 then 0.9 is one fault, not two
+    assert [(e.state, e.reason) for e in events if isinstance(e, DeviceStateChanged)] == [
+        (OK, ""), (FAULT, "offset exceeds 0.5 s"), (OK, "")]
 
 
 def test_unsynced_status_and_absent_source(bus_events):

@@ -9,6 +9,8 @@ subclass the matching built-in so callers can catch ``OSError``/``ValueError``.
 """
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -16,6 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 from examroom.drivers.bus import Bus, DeviceEvent
+from examroom.drivers.events import DeviceStateChanged
+
+log = logging.getLogger(__name__)
 
 
 class DeviceError(Exception):
@@ -103,6 +108,13 @@ class Option:
     path: bool = False  # a file path: resolved relative to the config file
 
 
+def positive(value: float) -> bool:
+    """The check of a count, rate or duration option. Finite too: TOML spells inf and nan,
+    and a poll every nan seconds never comes. (The config checks the type first, so a
+    bool never gets here.)"""
+    return math.isfinite(value) and value > 0
+
+
 class Driver(ABC):
     """One device of the room. Subclasses set ``kind``, ``backend`` and ``options``."""
 
@@ -111,15 +123,48 @@ class Driver(ABC):
     options: ClassVar[dict[str, Option]] = {}
 
     def __init__(self, name: str, config: dict[str, Any], bus: Bus,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.config = config  # already validated against ``options``, defaults filled
         self.bus = bus
-        self.clock = clock
+        self.clock = clock  # labels events and status with wall time
+        self.monotonic = monotonic  # measures durations: must not jump when the wall clock is set
         self._lock = threading.RLock()
+        self._state = STOPPED  # what status() reports; see _set_state
+        self._reason = ""
+
+    def _opt(self, key: str) -> Any:
+        """An option, or its declared default: a driver built by hand (tests, tools) gets a
+        config the loader did not fill."""
+        return self.config.get(key, self.options[key].default)
 
     def emit(self, event: DeviceEvent) -> None:
         self.bus.publish(event)
+
+    def _set_state(self, state: str, reason: str = "") -> None:
+        """Record the device's state; publish and log it when the state or the reason changed.
+
+        One rule for every driver, so the agent can rely on it: the same state and reason
+        again is no news, a new reason in the same state is (a camera frozen after being
+        dark needs a different fix). A reason therefore names the condition, never measures
+        it: a number that moves with every poll belongs in status() details, or every poll
+        becomes an event. The comparison and the assignment hold the lock, so two threads
+        cannot both see one change; the event leaves after the lock is released, because
+        the bus calls listeners in this thread and one that waits for another thread's
+        status() must not wait for this lock. (A caller that holds the lock across the call,
+        to check and set as one step against a concurrent stop(), publishes under its own
+        hold.) A driver that changes state from two threads orders them itself (one poll
+        thread, or a lock of its own that status() never takes).
+        """
+        with self._lock:
+            if (state, reason) == (self._state, self._reason):
+                return
+            self._state, self._reason = state, reason
+        # STOPPED is asked for, not suffered: only ABSENT and FAULT need a person.
+        log.log(logging.INFO if state in (OK, STOPPED) else logging.WARNING, "%s: %s%s",
+                self.name, state, f" ({reason})" if reason else "")
+        self.emit(DeviceStateChanged(device=self.name, state=state, reason=reason, ts=self.clock()))
 
     @abstractmethod
     def start(self) -> None:

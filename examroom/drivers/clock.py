@@ -33,8 +33,8 @@ from typing import Any, Callable, ClassVar, Sequence
 from examroom.drivers.bus import Bus
 from examroom.drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus,
                           Driver, Option, ProtocolError, SelftestResult, SelftestStep,
-                          SimulationError)
-from examroom.drivers.events import ClockState, DeviceStateChanged
+                          SimulationError, positive)
+from examroom.drivers.events import ClockState
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,13 @@ def _unsynced_reason(reading: ClockReading) -> str:
     return LOCAL_ONLY if reading.source == "chrony:local" else UNSYNCED
 
 
-def _positive(value: float) -> bool:
-    return math.isfinite(value) and value > 0
+def _beyond(limit: float, offset_s: float | None = None) -> str:
+    """Why an offset is a fault. The state's reason (what the event says) names the bound
+    only: the offset moves with every poll, and a reason that changes is news. status()
+    shows the offset too, as the heartbeat always has."""
+    if offset_s is None:
+        return f"offset exceeds {limit:g} s"
+    return f"offset {offset_s:.3g} s exceeds {limit:g} s"
 
 
 class _ClockDriver(Driver):
@@ -171,12 +176,12 @@ class _ClockDriver(Driver):
 
     kind: ClassVar[str] = "clock"
     options: ClassVar[dict[str, Option]] = {
-        "poll_interval_s": Option((int, float), default=10, check=_positive,
+        "poll_interval_s": Option((int, float), default=10, check=positive,
                                   expected="a positive number of seconds"),
-        "max_offset_s": Option((int, float), default=0.5, check=_positive,
+        "max_offset_s": Option((int, float), default=0.5, check=positive,
                                expected="a positive number of seconds",
                                help="a larger |offset| makes the clock FAULT"),
-        "step_threshold_s": Option((int, float), default=1.0, check=_positive,
+        "step_threshold_s": Option((int, float), default=1.0, check=positive,
                                    expected="a positive number of seconds",
                                    help="wall-clock jumps larger than this are reported"),
     }
@@ -184,18 +189,12 @@ class _ClockDriver(Driver):
     def __init__(self, name: str, config: dict[str, Any], bus: Bus,
                  clock: Callable[[], float] = time.time, *,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(name, config, bus, clock)
-        self._monotonic = monotonic
-        self._state = STOPPED
-        self._reason = ""
+        super().__init__(name, config, bus, clock, monotonic=monotonic)
         self._reading: ClockReading | None = None
         self._last_times: tuple[float, float] | None = None  # (wall, monotonic) at last poll
         self._steps = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    def _opt(self, key: str) -> Any:
-        return self.config.get(key, self.options[key].default)
 
     @abstractmethod
     def _read(self) -> ClockReading:
@@ -231,12 +230,12 @@ class _ClockDriver(Driver):
         thread.join()
         with self._lock:
             self._reading = None
-            self._set_state(STOPPED, "")
+        self._set_state(STOPPED)
 
     def poll(self) -> ClockReading | None:
         """Read once, report what changed. The poll thread calls it; tests call it directly."""
         with self._lock:
-            wall, mono = self._wall(), self._monotonic()
+            wall, mono = self._wall(), self.monotonic()
             stepped = None
             if self._last_times is not None:
                 jump = (wall - self._last_times[0]) - (mono - self._last_times[1])
@@ -273,24 +272,21 @@ class _ClockDriver(Driver):
             return FAULT, _unsynced_reason(reading)
         limit = self._opt("max_offset_s")
         if reading.offset_s is not None and abs(reading.offset_s) > limit:
-            return FAULT, f"offset {reading.offset_s:.3g} s exceeds {limit:g} s"
+            return FAULT, _beyond(limit)
         return OK, ""
-
-    def _set_state(self, state: str, reason: str) -> None:
-        # Only the state is news: the reason of an offset fault changes with every poll.
-        changed = state != self._state
-        self._state, self._reason = state, reason
-        if changed:
-            self.emit(DeviceStateChanged(self.name, state=state, reason=reason, ts=self.clock()))
 
     def status(self) -> DeviceStatus:
         with self._lock:
             details: dict[str, Any] = {"steps": self._steps}
+            reason = self._reason
             if self._reading is not None:
                 r = self._reading
                 details.update(synced=r.synced, offset_s=r.offset_s, source=r.source,
                                stratum=r.stratum, leap=r.leap, max_error_s=r.max_error_s)
-            return DeviceStatus(self._state, self._reason, details)
+                limit = self._opt("max_offset_s")
+                if reason == _beyond(limit):
+                    reason = _beyond(limit, r.offset_s)
+            return DeviceStatus(self._state, reason, details)
 
     def selftest(self) -> SelftestResult:
         try:

@@ -24,7 +24,7 @@ from typing import Any, Callable, ClassVar
 from examroom.drivers.bus import Bus
 from examroom.drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceStatus, Driver, Option,
                           SelftestResult, SelftestStep, SimulationError)
-from examroom.drivers.events import DetectorArmed, DeviceStateChanged, MetalAlarm, SweepButton
+from examroom.drivers.events import DetectorArmed, MetalAlarm, SweepButton
 
 # timer(delay_s, callback) starts a one-shot timer and returns a function that cancels it.
 Timer = Callable[[float, Callable[[], None]], Callable[[], None]]
@@ -130,16 +130,11 @@ class GpioMetalDetector(Driver):
                  clock: Callable[[], float] = time.time, *, timer: Timer = thread_timer) -> None:
         super().__init__(name, config, bus, clock)
         self._make_timer = timer
-        self._state = STOPPED
-        self._reason = ""
         self._alarm: _DebouncedLine | None = None
         self._armed: _DebouncedLine | None = None
         self._buttons: dict[str, _DebouncedLine] = {}
         self._alarms = 0
         self._presses = {"clear": 0, "recheck": 0}
-
-    def _opt(self, key: str) -> Any:
-        return self.config.get(key, self.options[key].default)
 
     def _pin_factory(self) -> Any:
         """None means gpiozero's default factory (the board's); the sim returns its own."""
@@ -205,12 +200,6 @@ class GpioMetalDetector(Driver):
                 line.close()
         self._alarm = self._armed = None
         self._buttons = {}
-
-    def _set_state(self, state: str, reason: str) -> None:
-        changed = (state, reason) != (self._state, self._reason)
-        self._state, self._reason = state, reason
-        if changed:
-            self.emit(DeviceStateChanged(self.name, state=state, reason=reason, ts=self.clock()))
 
     # -- line callbacks (gpiozero's thread, a timer thread or the simulating thread) -----
 

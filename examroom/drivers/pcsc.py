@@ -27,7 +27,7 @@ from examroom.drivers.bus import Bus
 
 from examroom.drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceStatus, Driver, Option,
                           SelftestResult, SelftestStep, SimulationError)
-from examroom.drivers.events import CardPresented, CardRemoved, DeviceStateChanged, ReaderGarbage
+from examroom.drivers.events import CardPresented, CardRemoved, ReaderGarbage
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,6 @@ class PcscReader(Driver):
     def __init__(self, name: str, config: dict[str, Any], bus: Bus,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(name, config, bus, clock)
-        self._state, self._reason = STOPPED, ""
         self._scard: Any = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -95,9 +94,6 @@ class PcscReader(Driver):
         self._errors = 0
         self._pcscd_failures = 0  # failed attempts at a working context since pcscd last answered
         self._last_fault = ""     # the monitor error last logged with its traceback
-
-    def _opt(self, key: str) -> Any:
-        return self.config.get(key, self.options[key].default)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -126,16 +122,7 @@ class PcscReader(Driver):
             thread.join(timeout=float(self._opt("poll_interval_s")) + 5.0)
             if thread.is_alive():
                 log.error("%s: PC/SC monitor thread did not stop", self.name)
-        with self._lock:
-            if self._state != STOPPED:
-                self._set_state(STOPPED, "")
-
-    def _set_state(self, state: str, reason: str) -> None:
-        with self._lock:
-            changed = (state, reason) != (self._state, self._reason)
-            self._state, self._reason = state, reason
-        if changed:
-            self.emit(DeviceStateChanged(self.name, state=state, reason=reason, ts=self.clock()))
+        self._set_state(STOPPED)
 
     # -- monitor thread ------------------------------------------------------------------
 
@@ -412,23 +399,16 @@ class SimPcscReader(Driver):
     def __init__(self, name: str, config: dict[str, Any], bus: Bus,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(name, config, bus, clock)
-        self._state = STOPPED
         self._uid: str | None = None
         self._cards_read = 0
 
     def start(self) -> None:
-        with self._lock:
-            if self._state == OK:
-                return
-            self._state = OK
-        self.emit(DeviceStateChanged(self.name, state=OK, ts=self.clock()))
+        self._set_state(OK)
 
     def stop(self) -> None:
         with self._lock:
-            if self._state == STOPPED:
-                return
-            self._state, self._uid = STOPPED, None
-        self.emit(DeviceStateChanged(self.name, state=STOPPED, ts=self.clock()))
+            self._uid = None
+        self._set_state(STOPPED)
 
     def simulate(self, action: str, args: list[str]) -> dict[str, Any]:
         with self._lock:
@@ -462,7 +442,7 @@ class SimPcscReader(Driver):
 
     def status(self) -> DeviceStatus:
         with self._lock:
-            return DeviceStatus(self._state, "", {"reader": "simulated",
+            return DeviceStatus(self._state, self._reason, {"reader": "simulated",
                                                   "cards_read": self._cards_read, "errors": 0,
                                                   "card_present": self._uid is not None})
 

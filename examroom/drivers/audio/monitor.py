@@ -33,7 +33,7 @@ import numpy as np
 
 from examroom.drivers.audio.levels import Block, LevelAnalyzer, LevelWindow, Thresholds, TrialRecorder, Transition
 from examroom.drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus, Driver,
-                          Option, SelftestResult, SelftestStep)
+                          Option, SelftestResult, SelftestStep, positive)
 from examroom.drivers.bus import Bus, DeviceEvent
 from examroom.drivers.events import NO_INPUT, AudioLevels, AudioSourceSwitched, AudioStateChanged, DeviceStateChanged
 
@@ -54,10 +54,6 @@ def _is_pin(value: Any) -> bool:
         isinstance(value, str) and value.strip() != "")
 
 
-def _positive(v: Any) -> bool:
-    return v > 0
-
-
 class AudioMonitor(Driver):
     """What both backends share; subclasses supply the source thread (``_run``)."""
 
@@ -76,16 +72,16 @@ class AudioMonitor(Driver):
                                  expected="0.01-60 seconds", help="AudioLevels period"),
         "silence_floor_dbfs": Option((int, float), default=-50.0, check=lambda v: -120 < v < 0,
                                      expected="between -120 and 0 dBFS"),
-        "silence_hold_s": Option((int, float), default=2.0, check=_positive, expected="> 0 s"),
+        "silence_hold_s": Option((int, float), default=2.0, check=positive, expected="> 0 s"),
         "clip_dbfs": Option((int, float), default=-0.1, check=lambda v: -20 <= v <= 0,
                             expected="between -20 and 0 dBFS"),
-        "clip_samples": Option(int, default=3, check=_positive,
+        "clip_samples": Option(int, default=3, check=positive,
                                expected=">= 1 sample per block at or above clip_dbfs"),
         "relay_pin": Option((int, str), default=None, check=_is_pin,
                             expected="a GPIO number (17) or a gpiozero pin name (\"GPIO17\")",
                             help="relay switching primary (released) / backup (energised)"),
         "relay_active_high": Option(bool, default=True),
-        "retry_s": Option((int, float), default=2.0, check=_positive, expected="> 0 s",
+        "retry_s": Option((int, float), default=2.0, check=positive, expected="> 0 s",
                           help="how often an absent capture device is looked for again"),
         "output_device": Option(str, default="default", help="ALSA playback PCM for loopback"),
         "loopback_test": Option(bool, default=False,
@@ -95,8 +91,7 @@ class AudioMonitor(Driver):
     def __init__(self, name: str, config: dict[str, Any], bus: Bus,
                  clock: Callable[[], float] = time.time, *,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(name, config, bus, clock)
-        self._monotonic = monotonic
+        super().__init__(name, config, bus, clock, monotonic=monotonic)
         self._cond = threading.Condition(self._lock)
         # Two threads publish (capture and watchdog): the bus keeps a driver's events in
         # order only if one publishes at a time, in the order the state changed.
@@ -104,8 +99,6 @@ class AudioMonitor(Driver):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
-        self._state = STOPPED  # DeviceStatus state of the capture side
-        self._reason = ""
         self._analyzer: LevelAnalyzer | None = None
         self._window: LevelWindow | None = None
         self._last: Block | None = None
@@ -120,9 +113,6 @@ class AudioMonitor(Driver):
         self._source = "unknown"
 
     # -- configuration ----------------------------------------------------------------
-
-    def _opt(self, key: str) -> Any:
-        return self.config.get(key, self.options[key].default)
 
     @property
     def rate(self) -> int:
@@ -150,7 +140,7 @@ class AudioMonitor(Driver):
             self._analyzer = LevelAnalyzer(self.rate, int(self._opt("channels")), self.thresholds())
             self._window = LevelWindow(round(float(self._opt("levels_every_s")) * self.rate))
             self._last, self._stalled = None, False
-            self._m0, self._f0 = self._monotonic(), 0
+            self._m0, self._f0 = self.monotonic(), 0
             self._since_m = self._last_frame_m = self._m0
             self._state, self._reason = ABSENT, "not opened yet"
             self._open_relay()
@@ -210,7 +200,7 @@ class AudioMonitor(Driver):
 
     def _label(self, mono: float) -> float:
         """Wall time of a monotonic instant, by the wall clock as it reads now."""
-        return mono + (self.clock() - self._monotonic())
+        return mono + (self.clock() - self.monotonic())
 
     def _mono(self, frame: int) -> float:
         return self._m0 + (frame - self._f0) / self.rate
@@ -222,7 +212,7 @@ class AudioMonitor(Driver):
         """Samples start flowing now: frame time is anchored to the monotonic clock here."""
         with self._lock:
             assert self._analyzer is not None
-            self._m0, self._f0 = self._monotonic(), self._analyzer.frames
+            self._m0, self._f0 = self.monotonic(), self._analyzer.frames
             self._last_frame_m, self._stalled = self._m0, False
             changed = self._state != OK
             self._state, self._reason = OK, ""
@@ -263,7 +253,7 @@ class AudioMonitor(Driver):
                 tr, reason = None, ""
                 with self._lock:
                     if self._state == OK and not self._stalled:
-                        idle = self._monotonic() - self._last_frame_m
+                        idle = self.monotonic() - self._last_frame_m
                         if idle > limit:
                             self._stalled = True
                             self._state = FAULT
@@ -290,7 +280,7 @@ class AudioMonitor(Driver):
         with self._lock:
             assert self._analyzer is not None and self._window is not None
             block, tr = self._analyzer.feed(pcm)
-            mono, now = self._monotonic(), self.clock()
+            mono, now = self.monotonic(), self.clock()
             if self._stalled or mono - self._mono(block.end) > LAG_REANCHOR_S:
                 self._m0, self._f0 = mono, block.end  # samples were lost or held up: place them anew
             self._last_frame_m = mono

@@ -52,7 +52,7 @@ class PiCamera(CameraBase):
             raise DeviceAbsent("no camera detected on the CSI bus")
         camera = Picamera2()
         try:
-            width, height = self.opt("resolution")
+            width, height = self._opt("resolution")
             # picamera2's "BGR888" is laid out [R, G, B] in memory: the RGB array we want.
             camera.configure(camera.create_preview_configuration(
                 main={"size": (width, height), "format": "BGR888"}))
@@ -127,7 +127,7 @@ class SimCamera(CameraBase):
         self._rng = np.random.default_rng()
 
     def _open(self) -> None:
-        configured = self.opt("images_dir")
+        configured = self._opt("images_dir")
         directory = Path(configured) if configured else default_scene_dir()
         files = sorted(p for p in directory.glob("*") if p.suffix.lower() in _IMAGE_SUFFIXES) \
             if directory.is_dir() else []

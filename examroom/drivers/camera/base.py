@@ -28,12 +28,12 @@ from PIL import Image
 from examroom.drivers.bus import Bus
 from examroom.drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus,
                           DeviceTimeout, Driver, Option, ProtocolError, SelftestResult,
-                          SelftestStep)
+                          SelftestStep, positive)
 from examroom.drivers.camera.health import (ABNORMAL, DEFAULT_ANALYSIS_WIDTH, DEFAULT_BLUR_THRESHOLD,
                                    DEFAULT_DARK_THRESHOLD, DEFAULT_FROZEN_AFTER_S, NO_FRAMES, NORMAL,
                                    HealthAnalyzer, Thresholds, Verdict, brightness, prepare,
                                    sharpness)
-from examroom.drivers.events import CameraHealth, DeviceStateChanged, iso_now
+from examroom.drivers.events import CameraHealth, iso_now
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +41,25 @@ _NUMBER = (int, float)
 _MIB = 1024 * 1024
 
 
-def _positive(value: Any) -> bool:
-    return not isinstance(value, bool) and value > 0
-
-
 def _non_negative(value: Any) -> bool:
     return not isinstance(value, bool) and value >= 0
 
 
 COMMON_OPTIONS: dict[str, Option] = {
-    "interval_s": Option(_NUMBER, 5.0, check=_positive, expected="seconds > 0",
+    "interval_s": Option(_NUMBER, 5.0, check=positive, expected="seconds > 0",
                          help="period of the picture health check"),
     "dark_threshold": Option(_NUMBER, DEFAULT_DARK_THRESHOLD, check=lambda v: _non_negative(v) and v <= 255,
                              expected="a mean grey level 0-255", help="below this the view counts as dark/covered"),
     "blur_threshold": Option(_NUMBER, DEFAULT_BLUR_THRESHOLD, check=_non_negative, expected="a number >= 0",
                              help="Laplacian variance at analysis_width below which the view is blurred"),
-    "frozen_after_s": Option(_NUMBER, DEFAULT_FROZEN_AFTER_S, check=_positive, expected="seconds > 0",
+    "frozen_after_s": Option(_NUMBER, DEFAULT_FROZEN_AFTER_S, check=positive, expected="seconds > 0",
                              help="identical frames for this long mean the feed is frozen"),
-    "capture_timeout_s": Option(_NUMBER, 5.0, check=_positive, expected="seconds > 0",
+    "capture_timeout_s": Option(_NUMBER, 5.0, check=positive, expected="seconds > 0",
                                 help="a capture taking longer counts as no frames"),
     "snapshot_dir": Option(str, "/var/lib/examroom/snapshots", check=bool, expected="a directory path"),
-    "retention_days": Option(_NUMBER, 30, check=_positive, expected="days > 0",
+    "retention_days": Option(_NUMBER, 30, check=positive, expected="days > 0",
                              help="snapshots older than this are deleted"),
-    "retention_max_mb": Option(_NUMBER, 500, check=_positive, expected="MiB > 0",
+    "retention_max_mb": Option(_NUMBER, 500, check=positive, expected="MiB > 0",
                                help="oldest snapshots are deleted until the total fits"),
     "jpeg_quality": Option(int, 85, check=lambda v: not isinstance(v, bool) and 1 <= v <= 95,
                            expected="an integer 1-95"),
@@ -173,10 +169,7 @@ class CameraBase(Driver):
     def __init__(self, name: str, config: dict[str, Any], bus: Bus,
                  clock: Callable[[], float] = time.time, *,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(name, config, bus, clock)
-        self.monotonic = monotonic  # freeze timing must not jump with the wall clock
-        self._state = STOPPED
-        self._reason = ""
+        super().__init__(name, config, bus, clock, monotonic=monotonic)
         self._running = False
         self._analyzer: HealthAnalyzer | None = None
         self._verdict: Verdict | None = None
@@ -203,9 +196,6 @@ class CameraBase(Driver):
     def _capture(self) -> np.ndarray:
         """One frame, HxWx3 uint8 RGB."""
 
-    def opt(self, key: str) -> Any:
-        return self.config.get(key, self.options[key].default)
-
     # -- life cycle -------------------------------------------------------
 
     def start(self) -> None:
@@ -225,8 +215,8 @@ class CameraBase(Driver):
                 self._emit_health(ABNORMAL, NO_FRAMES, {"error": str(exc)})
                 return
             self._analyzer = HealthAnalyzer(Thresholds(
-                dark=float(self.opt("dark_threshold")), blur=float(self.opt("blur_threshold")),
-                frozen_after_s=float(self.opt("frozen_after_s"))))
+                dark=float(self._opt("dark_threshold")), blur=float(self._opt("blur_threshold")),
+                frozen_after_s=float(self._opt("frozen_after_s"))))
             self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"camera-{self.name}-capture")
             self._stop_event.clear()
             self._running = True
@@ -238,7 +228,7 @@ class CameraBase(Driver):
         self._stop_event.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=float(self.opt("capture_timeout_s")) + 1.0)
+            thread.join(timeout=float(self._opt("capture_timeout_s")) + 1.0)
         with self._check_lock:
             self._thread = None
             if self._state == STOPPED:
@@ -246,7 +236,7 @@ class CameraBase(Driver):
             if self._running:
                 self._running = False
                 # Close only between captures (a snapshot may be running), but never wait forever.
-                idle = self._capture_lock.acquire(timeout=float(self.opt("capture_timeout_s")))
+                idle = self._capture_lock.acquire(timeout=float(self._opt("capture_timeout_s")))
                 try:
                     self._close()
                 except Exception:  # a failing close must not keep the agent from shutting down
@@ -263,7 +253,7 @@ class CameraBase(Driver):
             self._set_state(STOPPED, "")
 
     def _run(self) -> None:
-        while not self._stop_event.wait(float(self.opt("interval_s"))):
+        while not self._stop_event.wait(float(self._opt("interval_s"))):
             try:
                 self._check()
             except Exception:  # the health thread must outlive any surprise and keep reporting
@@ -273,7 +263,7 @@ class CameraBase(Driver):
 
     def _grab(self) -> np.ndarray:
         """One frame from the backend within ``capture_timeout_s``, else DeviceTimeout."""
-        timeout = float(self.opt("capture_timeout_s"))
+        timeout = float(self._opt("capture_timeout_s"))
         if not self._capture_lock.acquire(timeout=timeout):
             raise DeviceTimeout(f"no frame within {timeout:g} s (camera busy)")
         try:
@@ -303,7 +293,7 @@ class CameraBase(Driver):
                 return None
             error = ""
             try:
-                gray = prepare(self._grab(), int(self.opt("analysis_width")))
+                gray = prepare(self._grab(), int(self._opt("analysis_width")))
             except Exception as exc:  # whatever the camera library raises, the answer is "no frames"
                 log.warning("camera %s: capture failed: %s", self.name, exc)
                 gray, error = None, str(exc) or type(exc).__name__
@@ -324,13 +314,6 @@ class CameraBase(Driver):
             self._health_key = (state, reason)
         self.emit(CameraHealth(self.name, state=state, reason=reason, metrics=dict(metrics), ts=self.clock()))
 
-    def _set_state(self, state: str, reason: str) -> None:
-        with self._lock:
-            if (self._state, self._reason) == (state, reason):
-                return
-            self._state, self._reason = state, reason
-        self.emit(DeviceStateChanged(self.name, state=state, reason=reason, ts=self.clock()))
-
     # -- what the agent calls ---------------------------------------------
 
     def snapshot(self, tag: str) -> dict[str, Any]:
@@ -340,9 +323,9 @@ class CameraBase(Driver):
         frame = self._grab()
         wall = self.clock()
         buf = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(frame)).save(buf, "JPEG", quality=int(self.opt("jpeg_quality")))
+        Image.fromarray(np.ascontiguousarray(frame)).save(buf, "JPEG", quality=int(self._opt("jpeg_quality")))
         data = buf.getvalue()  # hashed and written from the same bytes
-        directory = Path(self.opt("snapshot_dir"))
+        directory = Path(self._opt("snapshot_dir"))
         directory.mkdir(parents=True, exist_ok=True)
         stamp = datetime.fromtimestamp(wall, timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
         base = f"{stamp}_{sanitise_tag(tag)}"
@@ -364,8 +347,8 @@ class CameraBase(Driver):
         with self._index_lock:  # snapshots come from check-ins and commands at once
             if self._index is None or self._index.directory != directory:
                 self._index = SnapshotIndex(directory)
-            removed = self._index.add(path, len(data), wall, float(self.opt("retention_days")) * 86400,
-                                      int(float(self.opt("retention_max_mb")) * _MIB))
+            removed = self._index.add(path, len(data), wall, float(self._opt("retention_days")) * 86400,
+                                      int(float(self._opt("retention_max_mb")) * _MIB))
         if removed:
             log.info("camera %s: retention removed %d snapshot(s)", self.name, len(removed))
         return {"file": path.name, "ts": iso_now(wall), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -373,7 +356,7 @@ class CameraBase(Driver):
     def _snapshot_count(self) -> int:
         if self._index is not None:
             return len(self._index)
-        directory = Path(self.opt("snapshot_dir"))
+        directory = Path(self._opt("snapshot_dir"))
         return sum(1 for _ in directory.glob("*.jpg")) if directory.is_dir() else 0
 
     def status(self) -> DeviceStatus:
@@ -397,9 +380,9 @@ class CameraBase(Driver):
         except Exception as exc:  # any capture failure is the answer of this step
             step = SelftestStep("frame", False, str(exc) or type(exc).__name__)
             return SelftestResult(self.name, self.kind, ok=False, steps=(step,))
-        gray = prepare(frame, int(self.opt("analysis_width")))
+        gray = prepare(frame, int(self._opt("analysis_width")))
         light, sharp = brightness(gray), sharpness(gray)
-        dark_min, blur_min = float(self.opt("dark_threshold")), float(self.opt("blur_threshold"))
+        dark_min, blur_min = float(self._opt("dark_threshold")), float(self._opt("blur_threshold"))
         steps = (
             SelftestStep("frame", True, f"{frame.shape[1]}x{frame.shape[0]}"),
             SelftestStep("not_dark", light >= dark_min, f"brightness {light:.1f} (min {dark_min:g})"),

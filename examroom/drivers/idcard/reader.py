@@ -24,9 +24,9 @@ from typing import Any, Callable
 from examroom.drivers.bus import Bus
 from examroom.drivers.base import (
     ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus, DeviceTimeout, Driver, Option,
-    ProtocolError, SelftestResult, SelftestStep, SimulationError,
+    ProtocolError, SelftestResult, SelftestStep, SimulationError, positive,
 )
-from examroom.drivers.events import CardPresented, CardRemoved, DeviceStateChanged, Identity, ReaderGarbage
+from examroom.drivers.events import CardPresented, CardRemoved, Identity, ReaderGarbage
 from examroom.drivers.gb11643 import has_id_shape, is_valid, mask_id
 from examroom.drivers.idcard.sam_protocol import (
     BAD_CHECKSUM, BAD_LENGTH, FIND_CARD, KNOWN_COMMANDS, NATION_NAMES, READ_TEXT_PHOTO, SAM_ID, SAM_STATUS,
@@ -45,12 +45,8 @@ _BAD_CARD_DATA = "bad_card_data"
 _MANGLED = (BAD_CHECKSUM, BAD_LENGTH, SHORT_FRAME)  # refusals that mean "our reply, damaged"
 
 
-def _positive(value: Any) -> bool:
-    return value > 0
-
-
 def _seconds(default: float, meaning: str) -> Option:
-    return Option((int, float), default, check=_positive, expected="a number of seconds > 0", help=meaning)
+    return Option((int, float), default, check=positive, expected="a number of seconds > 0", help=meaning)
 
 
 class SerialIdCardReader(Driver):
@@ -58,7 +54,7 @@ class SerialIdCardReader(Driver):
     backend = "serial"
     options = {
         "port": Option(str, required=True, help="serial device of the reader, e.g. /dev/ttyUSB0"),
-        "baudrate": Option(int, 115200, check=_positive, expected="a positive baud rate"),
+        "baudrate": Option(int, 115200, check=positive, expected="a positive baud rate"),
         "poll_interval_s": _seconds(0.3, "pause between two looks for a card"),
         "read_timeout_s": _seconds(2.0, "how long reading text and photo may take"),
         "command_timeout_s": _seconds(0.2, "how long find, select and SAM commands may take"),
@@ -73,8 +69,7 @@ class SerialIdCardReader(Driver):
         self._serial: Any = None      # serial.Serial while the port is open
         self._serial_mod: Any = None  # the pyserial module, imported by start()
         self._decoder: FrameDecoder[Reply] | None = None
-        self._state = STOPPED
-        self._reason = ""
+        self._port_error = ""  # why the port last failed to open or work; "" once it opens
         self._present = False
         self._misses = 0
         self._cards_read = 0
@@ -84,9 +79,6 @@ class SerialIdCardReader(Driver):
         self._silent = 0                     # ... of them in a row
         self._refusing = False               # refusals since the last whole reply (log once)
         self._sam_id: str | None = None
-
-    def _opt(self, key: str) -> Any:
-        return self.config.get(key, self.options[key].default)
 
     def _port_path(self) -> str:
         return str(self.config["port"])
@@ -118,8 +110,9 @@ class SerialIdCardReader(Driver):
             thread.join(timeout=self._opt("read_timeout_s") + 2 * self._opt("command_timeout_s") + 1)
         self._close()
         with self._lock:
-            self._state, self._reason = STOPPED, ""
             self._present, self._misses, self._silent = False, 0, 0
+            self._port_error = ""
+        self._set_state(STOPPED)
 
     def status(self) -> DeviceStatus:
         with self._lock:
@@ -138,7 +131,8 @@ class SerialIdCardReader(Driver):
 
     def selftest(self) -> SelftestResult:
         if self._serial is None:
-            reason = self._reason or "not started"
+            with self._lock:
+                reason = ": ".join(filter(None, (self._reason or "not started", self._port_error)))
             return SelftestResult(self.name, self.kind, ok=False, skipped=True,
                                   steps=(SelftestStep("port", False, reason),))
         steps = [SelftestStep("port", True, self._port_path())]
@@ -338,10 +332,12 @@ class SerialIdCardReader(Driver):
             ser = self._serial_mod.Serial(port, baudrate=self._opt("baudrate"), timeout=_READ_SLICE_S,
                                           write_timeout=1.0, exclusive=True)
         except OSError as exc:
-            self._set_state(ABSENT, f"cannot open {port}: {exc}")
+            self._port_failed(f"cannot open {port}: {exc}")
             return False
         with self._io:
             self._serial = ser
+        with self._lock:
+            self._port_error = ""
         self._heard()
         log.info("%s: opened %s", self.name, port)
         self._set_state(OK)  # working: nothing to say; the port is in the status details
@@ -353,7 +349,18 @@ class SerialIdCardReader(Driver):
             was_present, self._present, self._misses = self._present, False, 0
         if was_present:
             self.emit(CardRemoved(device=self.name, ts=self.clock()))
-        self._set_state(ABSENT, f"lost {self._port_path()}: {exc}")
+        self._port_failed(f"lost {self._port_path()}: {exc}")
+
+    def _port_failed(self, error: str) -> None:
+        """The port is unusable. The reason is the same however it failed (lost, then not
+        there to reopen, with an errno that may change from one retry to the next), so the
+        retries publish nothing new; the error itself is logged when it differs from the last
+        one and shown by selftest()."""
+        with self._lock:
+            new, self._port_error = error != self._port_error, error
+        if new:
+            log.info("%s: %s", self.name, error)
+        self._set_state(ABSENT, f"port {self._port_path()} unavailable")
 
     def _close(self) -> None:
         with self._io:
@@ -363,16 +370,6 @@ class SerialIdCardReader(Driver):
                 ser.close()
             except OSError:
                 pass  # the device is already gone; nothing left to release
-
-    def _set_state(self, state: str, reason: str = "") -> None:
-        with self._lock:
-            changed = state != self._state
-            if changed or reason:
-                self._reason = reason
-            self._state = state
-        if changed:
-            (log.info if state == OK else log.warning)("%s: %s (%s)", self.name, state, reason)
-            self.emit(DeviceStateChanged(device=self.name, state=state, reason=reason, ts=self.clock()))
 
 
 def _mangled(decoder: FrameDecoder[Reply]) -> int:
