@@ -48,6 +48,7 @@ from bench_core import BROKER_CONF, Counter  # noqa: E402
 from examroom.drivers.bus import DeviceEvent  # noqa: E402
 from examroom.agent.config import load  # noqa: E402
 from examroom.agent.daemon import Agent  # noqa: E402
+from examroom.agent.seatplan import load_seatplan  # noqa: E402
 from devkit.localbroker import Broker  # noqa: E402
 from examroom.drivers.events import CardPresented, Identity, MetalAlarm, SweepButton  # noqa: E402
 from examroom.drivers.gb11643 import check_digit  # noqa: E402
@@ -126,11 +127,11 @@ def identity(id_number: str, seat: int) -> Identity:
 # -- instrumentation -------------------------------------------------------------------------
 
 class Probe:
-    """Wraps ``Agent.emit`` and ``Bus.publish`` on one agent, before start(), to timestamp the path.
+    """Times one agent's emit path and bus, before start(), to timestamp the path.
 
-    Both are looked up as attributes at call time (the station keeps ``agent.emit`` taken
-    in Room.start(), drivers call ``bus.publish``), so instance attributes set before
-    start() see every call without touching agent code.
+    ``Agent.emit`` is spool.append then uplink.offer; the components hold ``emit`` itself,
+    so the probe wraps the two attributes it looks up at call time (and ``Bus.publish``,
+    which drivers look up too), without touching agent code.
     """
 
     def __init__(self, agent: Agent) -> None:
@@ -140,15 +141,18 @@ class Probe:
         self.published: list[tuple[DeviceEvent, float]] = []  # (event, published at)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        emit, publish = agent.emit, agent.bus.publish
+        self._entered = threading.local()  # emits come from the door and the photo worker at once
+        append, offer, publish = agent.spool.append, agent.uplink.offer, agent.bus.publish
 
-        def timed_emit(kind: str, data: dict[str, Any]) -> Any:
-            t0 = time.perf_counter()
-            ev = emit(kind, data)
+        def timed_append(kind: str, *args: Any, **kw: Any) -> Any:
+            self._entered.t = time.perf_counter()
+            return append(kind, *args, **kw)
+
+        def timed_offer(ev: Any) -> None:
+            offer(ev)
             t1 = time.perf_counter()
             with self._lock:
-                self.emits.append((kind, t0, t1))
-            return ev
+                self.emits.append((str(ev.kind), self._entered.t, t1))
 
         def timed_publish(event: DeviceEvent) -> None:
             t0 = time.perf_counter()
@@ -161,7 +165,8 @@ class Probe:
                 self.published.append((event, t0))
                 self._cond.notify_all()
 
-        agent.emit = timed_emit  # type: ignore[method-assign]
+        agent.spool.append = timed_append  # type: ignore[method-assign]
+        agent.uplink.offer = timed_offer  # type: ignore[method-assign]
         agent.bus.publish = timed_publish  # type: ignore[method-assign]
 
     def wait_event(self, pred: Callable[[DeviceEvent], bool], since: int, timeout: float = 10) -> float:
@@ -195,7 +200,8 @@ def pct(samples: list[float]) -> tuple[float, float, float]:
 
 def start_agent(cfg: Path, port: int, topic_suffix: str) -> tuple[Agent, Probe, Counter, float]:
     t0 = time.perf_counter()
-    agent = Agent(load(cfg))
+    config = load(cfg)
+    agent = Agent(config, load_seatplan(config.checkin["seatplan"], config.room["id"]))
     probe = Probe(agent)
     agent.start()
     startup = time.perf_counter() - t0

@@ -546,7 +546,7 @@ backend = "alsa"
 device = "examroom_fifo"
 silence_hold_s = 0.5
 levels_every_s = 0.2
-""")))
+""")), plan=None)
     agent.metrics_bridge.start()
     seen = Log()
     agent.bus.subscribe(DeviceEvent, seen.add)  # after the bridge's: its gauges are set when we look

@@ -51,8 +51,9 @@ class Agent:
     constructor says what it depends on.
     """
 
-    def __init__(self, config: Config, plan: SeatPlan | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: Config, plan: SeatPlan | None, clock: Callable[[], float] = time.time) -> None:
+        """``plan``: the room's seat plan, loaded (and checked) once by the caller; None when
+        the room checks nobody in. Explicit, so no caller forgets it and loses check-in."""
         self.config = config
         self.clock = clock
         self.metrics = Metrics()
