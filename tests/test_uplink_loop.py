@@ -40,7 +40,7 @@ def room(tmp_path: Path, broker: Broker):
     commands: list[str] = []
     got_command = threading.Event()
 
-    def on_command(topic: str, _payload: bytes, _props: object) -> None:
+    def on_command(topic: str, _payload: bytes, _props: object, _retained: bool) -> None:
         commands.append(topic)
         got_command.set()
         raise RuntimeError("a handler bug")

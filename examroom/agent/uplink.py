@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from examroom.agent.delivery import DeliveryWindow
 from examroom.agent.events import Event
@@ -43,13 +44,19 @@ from examroom.contract.topics import Topics
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[str, bytes, Any], None]
+CommandHandler = Callable[[str, bytes, Any, bool], None]  # topic, payload, properties, retained
 IDLE_WAIT_S = 1.0  # the loop's longest sleep: keep-alive checks need a turn now and then
 GOODBYE_WAIT_S = 3.0  # how long a clean stop waits for the broker to take the offline status
 
 
 def _dumps(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    """UTF-8 JSON; text that UTF-8 cannot carry (a lone surrogate typed into an argument)
+    goes out \\u-escaped rather than making the message unsendable."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 class Backoff:
@@ -322,7 +329,10 @@ class Uplink:
         self._probe.clear()
         # Subscribe before the birth: the broker handles one connection's packets in order,
         # so whoever sees "online" can send a command and it will not fall on deaf ears.
-        client.subscribe([(self.topics.commands, 1), (self.topics.site_broadcast.commands, 1)])
+        # retainHandling 2: a retained command is never sent to us (it would run again at every
+        # reconnect); one that slips through anyway is refused by the handler (``retained``)
+        opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        client.subscribe([(self.topics.commands, opts), (self.topics.site_broadcast.commands, opts)])
         client.publish(self.topics.status, _dumps(self.birth(self.session)), qos=1, retain=True)
         log.info("connected to %s:%s, session %d", self.cfg["host"], self.cfg["port"], self.session)
         self._set_connected(True)
@@ -343,7 +353,7 @@ class Uplink:
 
     def _on_message(self, _c: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         if self.on_command is not None:
-            self.on_command(msg.topic, msg.payload, msg.properties)
+            self.on_command(msg.topic, msg.payload, msg.properties, bool(msg.retain))
 
     def _set_connected(self, up: bool) -> None:
         if up:
