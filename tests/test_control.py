@@ -19,7 +19,9 @@ from examroom.agent.commands import Commands
 from examroom.agent.photos import Photos
 from examroom.agent.trial_reports import TrialReports
 from examroom.agent.config import DeviceConfig
-from examroom.agent.control import AgentNotRunning, ControlServer, call, dispatch
+from examroom.agent import control
+from examroom.agent.control import AgentNotAnswering, AgentNotRunning, ControlServer, call, dispatch
+from examroom.agent.instance import AlreadyRunning, StartFailed
 from examroom.agent.devices import Devices
 from examroom.agent.metrics import Metrics
 from examroom.drivers.bus import Bus
@@ -378,5 +380,101 @@ def test_sim_card_routes_by_what_the_word_is_not_its_length(sockdir: Path, sim_d
             assert ev.uid == word.upper() and ev.identity is None
         else:
             assert ev.identity is not None and ev.identity.id_number == word.upper()
+    finally:
+        srv.stop()
+
+
+# -- a busy daemon, odd replies, idle clients (fault campaign) -------------------------------------
+
+def _busy_listener(path: Path) -> tuple[socket.socket, list[socket.socket]]:
+    """A socket that listens but never accepts, its backlog filled: a daemon swamped by a burst."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    queued = []
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(str(path))
+        except BlockingIOError:
+            s.close()
+            return listener, queued
+        queued.append(s)
+
+
+def test_a_busy_daemons_socket_is_never_taken_over(sockdir: Path) -> None:
+    path = sockdir / "agent.sock"
+    listener, queued = _busy_listener(path)
+    try:
+        with pytest.raises(AlreadyRunning, match="busy"):
+            ControlServer(str(path), dict(HANDLERS)).start()
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+        with pytest.raises(AgentNotAnswering):  # the CLI says busy or hung, never "not running"
+            call(str(path), "status", timeout=0.3)
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
+
+
+def test_the_cli_waits_out_a_full_backlog(sockdir: Path) -> None:
+    path = sockdir / "agent.sock"
+    listener, queued = _busy_listener(path)
+    result: list[dict] = []
+    caller = threading.Thread(target=lambda: result.append(call(str(path), "ping", timeout=10)))
+    caller.start()
+    try:
+        time.sleep(0.2)  # the caller meets the full backlog first (nothing to wait on: it retries blindly)
+        for s in queued:
+            s.close()
+        listener.settimeout(5)
+        while True:  # the queued ones first (already closed by their side), then the caller
+            conn, _ = listener.accept()
+            line = conn.makefile("rb").readline()
+            if line:
+                conn.sendall(b'{"ok": true, "pong": true}\n')
+                conn.close()
+                break
+            conn.close()
+        caller.join(10)
+        assert result == [{"ok": True, "pong": True}]
+    finally:
+        listener.close()
+
+
+def test_many_clients_at_once_all_get_answers(server: ControlServer) -> None:
+    replies: list[dict] = []
+    threads = [threading.Thread(target=lambda: replies.append(call(server.path, "ping"))) for _ in range(60)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert replies == [{"ok": True, "pong": True}] * 60
+
+
+def test_a_regular_file_at_the_socket_path_is_not_deleted(sockdir: Path) -> None:
+    path = sockdir / "agent.sock"
+    path.write_text("someone's notes")
+    with pytest.raises(StartFailed, match="not a socket"):
+        ControlServer(str(path), dict(HANDLERS)).start()
+    assert path.read_text() == "someone's notes"
+
+
+def test_a_reply_utf8_cannot_carry_still_goes_back(server: ControlServer) -> None:
+    reply = call(server.path, "echo", text="\ud800 lone")
+    assert reply["ok"] is True and reply["args"]["text"] == "\ud800 lone"  # \u-escaped on the wire
+
+
+def test_an_idle_connection_is_closed(sockdir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(control, "IDLE_TIMEOUT_S", 0.2)
+    srv = ControlServer(str(sockdir / "agent.sock"), dict(HANDLERS))
+    srv.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(srv.path)
+            s.settimeout(5)
+            assert s.recv(1) == b""  # closed by the daemon, not by our 5 s timeout
+        assert call(srv.path, "ping") == {"ok": True, "pong": True}
     finally:
         srv.stop()

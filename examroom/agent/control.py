@@ -13,19 +13,22 @@ import logging
 import os
 import socket
 import socketserver
+import stat
 import struct
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from examroom.agent.instance import AlreadyRunning
+from examroom.agent.instance import AlreadyRunning, StartFailed
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
 MAX_REPLY = 16 * 1024 * 1024  # a status is a few kB; more than this is not our daemon talking
+IDLE_TIMEOUT_S = 60.0  # a connection that sends nothing this long is closed
+CONNECT_RETRY_S = 2.0  # the CLI retries a connection this long while the daemon's backlog is full
 
 
 class RequestError(ValueError):
@@ -69,6 +72,26 @@ def dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:
         return {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
 
 
+class _Server(socketserver.ThreadingUnixStreamServer):
+    # socketserver's default backlog of 5 refused 9 of 10 status calls in a burst (EAGAIN)
+    request_queue_size = 128
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    """One reply line, whatever the handler returned: text UTF-8 cannot carry (a lone
+    surrogate echoed from an argument) goes \\u-escaped, and a reply that is not JSON
+    becomes an error reply, so the caller always gets an answer."""
+    try:
+        out = json.dumps(reply, ensure_ascii=False)
+    except (TypeError, ValueError) as e:  # a handler returned something not JSON
+        log.error("control reply is not JSON: %s", e)
+        out = json.dumps({"ok": False, "error": f"internal error: reply is not JSON: {e}"})
+    try:
+        return out.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(reply).encode() + b"\n"
+
+
 class ControlServer:
     def __init__(self, path: str, handlers: dict[str, Handler]) -> None:
         self.path = path
@@ -79,13 +102,32 @@ class ControlServer:
     def check_free(self) -> None:
         """Raise AlreadyRunning if a daemon listens on our socket. The agent asks this before
         it opens anything (its spool lock does not see an agent on another spool), and
-        ``start`` again, so that a live daemon's socket is never stolen."""
+        ``start`` again, so that a live daemon's socket is never stolen.
+
+        Alive is judged by connecting, not by an answer: a daemon busy with a burst of
+        requests (its backlog full) or hung still owns its socket. Only a refused
+        connection (nobody listening: a dead daemon's leftover) frees the path.
+        """
         if not os.path.lexists(self.path):
             return
-        try:
+        if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+            raise StartFailed(f"{self.path} exists and is not a socket: not removed; "
+                              "move it away or set [control] socket to another path")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1.0)
+            try:
+                s.connect(self.path)
+            except ConnectionRefusedError:
+                return  # a stale socket a dead daemon left: start() replaces it
+            except (BlockingIOError, TimeoutError):  # listening, backlog full: busy, not dead
+                raise AlreadyRunning(f"an examroom agent listens on {self.path} but is too busy to take "
+                                     "a connection: another agent already runs there") from None
+            except OSError as e:
+                raise StartFailed(f"cannot check the control socket {self.path}: {e.strerror or e}") from None
+        try:  # it is alive; the ping only chooses the words
             call(self.path, "ping", timeout=1.0)
         except AgentNotRunning:
-            return  # a stale socket a dead daemon left: start() replaces it
+            return  # it died between the two looks: its socket is stale now
         except AgentNotAnswering:
             raise AlreadyRunning(f"an examroom agent (pid {_listener_pid(self.path)}) listens on "
                                  f"{self.path} but does not answer: hung? stop it first") from None
@@ -101,22 +143,21 @@ class ControlServer:
         outer = self
 
         class _Handler(socketserver.StreamRequestHandler):
+            timeout = IDLE_TIMEOUT_S  # an idle client must not hold a thread for ever
+
             def handle(self) -> None:
                 while True:
-                    line = self.rfile.readline(MAX_REQUEST)
+                    try:
+                        line = self.rfile.readline(MAX_REQUEST)
+                    except TimeoutError:
+                        return
                     if not line:
                         return
-                    reply = dispatch(outer.handlers, line)
-                    try:
-                        out = json.dumps(reply, ensure_ascii=False)
-                    except (TypeError, ValueError) as e:  # a handler returned something not JSON
-                        log.error("control reply is not JSON: %s", e)
-                        out = json.dumps({"ok": False, "error": f"internal error: reply is not JSON: {e}"})
-                    self.wfile.write(out.encode() + b"\n")
+                    self.wfile.write(_encode(dispatch(outer.handlers, line)))
 
         old = os.umask(0o117)
         try:
-            server = socketserver.ThreadingUnixStreamServer(str(path), _Handler)
+            server = _Server(str(path), _Handler)
         finally:
             os.umask(old)
         server.daemon_threads = True
@@ -150,6 +191,22 @@ def _listener_pid(path: str) -> str:
         return "unknown"
 
 
+def _connect(s: socket.socket, path: str, deadline: float) -> None:
+    """Connect, retrying briefly while the daemon's listen backlog is full (EAGAIN on a Unix
+    socket): a burst of status calls from a monitoring script must not fail outright."""
+    give_up = min(deadline, time.monotonic() + CONNECT_RETRY_S)
+    pause = 0.005
+    while True:
+        try:
+            s.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() + pause > give_up:
+                raise TimeoutError from None
+            time.sleep(pause)  # nothing to wait on: the kernel does not say when a slot frees
+            pause = min(pause * 2, 0.1)
+
+
 def call(path: str, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
     """Send one command to the daemon and return its reply object.
 
@@ -161,7 +218,7 @@ def call(path: str, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, A
     with s:
         s.settimeout(timeout)
         try:
-            s.connect(path)
+            _connect(s, path, deadline)
         except (FileNotFoundError, ConnectionRefusedError):
             raise AgentNotRunning(f"the agent is not running (no daemon listening on {path})") from None
         except PermissionError:
@@ -173,7 +230,7 @@ def call(path: str, cmd: str, timeout: float = 30.0, **args: Any) -> dict[str, A
             raise AgentNotRunning(f"cannot reach the agent on {path}: {e.strerror or e}") from None
         data = b""
         try:
-            s.sendall(json.dumps({"cmd": cmd, "args": args}, ensure_ascii=False).encode() + b"\n")
+            s.sendall(_encode({"cmd": cmd, "args": args}))
             while not data.endswith(b"\n") and len(data) <= MAX_REPLY:
                 s.settimeout(max(deadline - time.monotonic(), 0.001))
                 chunk = s.recv(65536)

@@ -241,6 +241,13 @@ def run_agent(config: Config, plan: SeatPlan | None) -> int:
     os.umask(0o027)  # records, snapshots and reports hold personal data: not world-readable
     lock = InstanceLock(config.spool["path"]).acquire()
     try:
+        # and one per control socket: a second agent on another spool must never take over
+        # a live agent's socket, however busy that agent is when the second one looks
+        socket_lock = InstanceLock(config.control["socket"]).acquire()
+    except BaseException:
+        lock.release()
+        raise
+    try:
         agent = Agent(config, plan)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: agent.request_stop())
@@ -250,5 +257,6 @@ def run_agent(config: Config, plan: SeatPlan | None) -> int:
         finally:
             agent.stop()
     finally:
+        socket_lock.release()
         lock.release()
     return 0
