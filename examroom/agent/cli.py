@@ -122,7 +122,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"room      {resp['agent']['room']} ({resp['agent']['room_label']}) of site {resp['agent']['site']}",
         f"state     {resp['state']}" + "".join(f"\n  alert   {a}" for a in resp["alerts"]),
         f"broker    {'connected' if b['connected'] else 'NOT connected'} to {b['host']}:{b['port']}, "
-        f"session {b['session']}, rtt {b['rtt_ms']} ms",
+        f"session {b['session']}, " + (f"rtt {b['rtt_ms']} ms" if b["rtt_ms"] is not None else "rtt not measured yet"),
         f"spool     {sp['events']} events waiting ({sp['bytes']} bytes), oldest {sp['oldest_age_s']} s"
         + (", OVERFULL" if sp["overfull"] else ""),
         f"heartbeat {resp['last_heartbeat'] or 'none yet'}",

@@ -27,8 +27,8 @@ class TrialReports:
         """Write the report file, publish it and note it on the session it prepares."""
         self._dir.mkdir(parents=True, exist_ok=True)
         stamp = iso_now(self._clock()).replace(":", "")[:17]
-        path = self._dir / f"trial-listening-{self._room}-{stamp}.json"
-        path.write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        path = _create(self._dir, f"trial-listening-{self._room}-{stamp}",
+                       json.dumps(report, ensure_ascii=False, indent=2))
         self._emit(EventKind.TRIAL_LISTENING, {**report, "file": path.name})
         session = self._record(trial_summary(report, path.name))
         note = (f"kept with the record of session {session}" if session is not None else
@@ -36,6 +36,20 @@ class TrialReports:
         if session is None:
             log.warning("trial listening %s is on no session record: %s", path.name, note)
         return {**report, "file": str(path), "recorded_on": session, "record": note}
+
+
+def _create(directory: Path, stem: str, text: str) -> Path:
+    """A new file, never an existing one: up to four trials run at once, and two ending in
+    the same second kept one report when the second overwrote the first."""
+    for n in range(1, 1000):
+        path = directory / (f"{stem}.json" if n == 1 else f"{stem}-{n}.json")
+        try:
+            with open(path, "x", encoding="utf-8") as f:
+                f.write(text)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{directory}: 999 trial reports named {stem}")
 
 
 def trial_summary(report: dict[str, Any], file: str) -> Incident:

@@ -33,6 +33,11 @@ def _short(data: dict[str, Any], limit: int = 110) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _rtt(ms: Any) -> str:
+    """The first heartbeat goes out before any round trip was timed: say so, not "None ms"."""
+    return f"rtt={ms}ms" if ms is not None else "rtt not measured yet"
+
+
 def describe(topic: str, payload: dict[str, Any], last_seq: dict[str, int]) -> str:
     parsed = Topics.parse(topic)
     if parsed is None:
@@ -48,7 +53,7 @@ def describe(topic: str, payload: dict[str, Any], last_seq: dict[str, int]) -> s
         exam = payload.get("exam") or {}
         phase = f" phase={exam['phase']}" if exam.get("phase") else ""
         return (f"{room:<18} heartbeat {payload.get('state', '?'):<7} spool={sp.get('events')} "
-                f"rtt={payload.get('rtt_ms')}ms{phase} {devs}")
+                f"{_rtt(payload.get('rtt_ms'))}{phase} {devs}")
     if parsed.channel == "event":
         seq = payload.get("seq", 0)
         prev = last_seq.get(room)
