@@ -186,6 +186,10 @@ def check_table(table: Any, schema: dict[str, Any], file: str, prefix: str,
             problems.append(Problem(file, where, f"expected {spec.expected}", value))
             continue
         if spec.path and value:
+            if "\x00" in value:  # open() would raise ValueError: a traceback, not a message
+                problems.append(Problem(file, where, "expected a path; it holds a NUL character",
+                                        value.replace("\x00", "\\0")))
+                continue
             value = str((base_dir / value).resolve()) if not Path(value).is_absolute() else value
         out[key] = value
     return out
@@ -272,6 +276,10 @@ def parse(text: str, file: str) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([Problem(file, "(syntax)", f"not valid TOML: {e}")]) from None
+    except RecursionError:
+        raise ConfigError([Problem(file, "(syntax)", "arrays or tables nested too deeply")]) from None
+    except ValueError:  # an integer of thousands of digits
+        raise ConfigError([Problem(file, "(syntax)", "not usable TOML: a number of more than 4,300 digits")]) from None
     problems: list[Problem] = []
     base_dir = Path(file).resolve().parent
     version = raw.get("schema_version")
@@ -317,6 +325,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError([Problem(str(p), "(file)", f"cannot read: {e.strerror}")]) from None
     except UnicodeDecodeError:
         raise ConfigError([Problem(str(p), "(file)", "expected UTF-8 text")]) from None
+    except ValueError:  # a NUL in the path
+        raise ConfigError([Problem(repr(str(p)), "(file)", "expected a file path without a NUL character")]) from None
     return parse(text, str(p))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from examroom.agent.errors import ConfigError, Problem
+from examroom.agent.privacy import Scrubber
 from examroom.drivers.gb11643 import is_valid, mask_id, mask_ids_in_text
 
 REQUIRED = ("seat", "ticket", "name", "id_number")
@@ -189,10 +190,21 @@ def _csv_header(header: list[str], file: str, room_id: str, problems: list[Probl
 def _rows_from_csv(text: str, file: str, room_id: str,
                    problems: list[Problem]) -> tuple[list[tuple[str, dict[str, Any]]], tuple[str, str] | None]:
     """The rows, and where and which room the file names (None when it names none)."""
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    if not _csv_header(header, file, room_id, problems):
+    # universal newlines: Excel's "CSV (Macintosh)" ends lines with CR alone
+    reader = csv.DictReader(io.StringIO(text, newline=None))
+    try:
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if not _csv_header(header, file, room_id, problems):
+            return [], None
+        rows = _csv_rows(reader, header, file, problems)
+    except csv.Error as e:  # a field over csv's 131,072-character limit, a stray NUL
+        problems.append(Problem(file, f"after line {reader.line_num}", f"not readable as CSV: {e}"))
         return [], None
+    return rows, _csv_room(rows, file, room_id, problems)
+
+
+def _csv_rows(reader: csv.DictReader, header: list[str], file: str,
+              problems: list[Problem]) -> list[tuple[str, dict[str, Any]]]:
     rows = []
     for raw in reader:
         row = {(k or "").strip(): v for k, v in raw.items()}
@@ -206,7 +218,7 @@ def _rows_from_csv(text: str, file: str, room_id: str,
                                     f"{n} fields where the header has {len(header)} columns"))
             continue
         rows.append((f"row {reader.line_num}", row))
-    return rows, _csv_room(rows, file, room_id, problems)
+    return rows
 
 
 def _csv_room(rows: list[tuple[str, dict[str, Any]]], file: str, room_id: str,
@@ -237,6 +249,12 @@ def _rows_from_json(text: str, file: str, room_id: str,
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         problems.append(Problem(file, f"line {e.lineno}", f"not valid JSON: {e.msg}"))
+        return [], None
+    except RecursionError:
+        problems.append(Problem(file, "(file)", "not usable JSON: arrays or objects nested too deeply"))
+        return [], None
+    except ValueError:  # an integer of thousands of digits
+        problems.append(Problem(file, "(file)", "not usable JSON: a number of more than 4,300 digits"))
         return [], None
     shape = f'expected {{"room": "{room_id}", "candidates": [...]}}'
     room: tuple[str, str] | None = None
@@ -367,6 +385,34 @@ def _duplicates(rows: Iterable[tuple[str, dict[str, Any]]], file: str, problems:
                                         "expected each to be unique in the room", shown))
 
 
+def _not_utf8(blob: bytes, p: Path) -> str:
+    """What to do about a plan that is not UTF-8: provincial systems export GBK (GB 18030)."""
+    try:
+        blob.decode("gb18030")
+    except UnicodeDecodeError:
+        return "expected UTF-8 text; this file is neither UTF-8 nor GBK"
+    return (f"expected UTF-8 text; this looks like GBK (what provincial systems export). Convert it "
+            f"and check the names read right: iconv -f GB18030 -t UTF-8 {p.name} > {p.stem}-utf8{p.suffix}")
+
+
+_CJK = re.compile(r"[\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f]+")
+
+
+def _unnamed(problems: list[Problem], rows: list[tuple[str, dict[str, Any]]]) -> list[Problem]:
+    """A seat-plan error never echoes a candidate's name, whatever column it was typed in:
+    every name in the file is blanked from the values shown, and so is any run of Chinese
+    characters (no column but the name holds them)."""
+    scrub = Scrubber(str(row["name"]) for _, row in rows if isinstance(row.get("name"), str))
+
+    def shown(v: Any) -> Any:
+        if isinstance(v, str):
+            return _CJK.sub("***", scrub(v))
+        if isinstance(v, list):
+            return [shown(x) for x in v]
+        return v
+    return [Problem(p.file, p.key, p.message, shown(p.value)) for p in problems]
+
+
 def load_seatplan(path: str | Path, room_id: str) -> SeatPlan:
     """Load and check the whole plan; raise ConfigError with every problem found."""
     p = Path(path)
@@ -378,8 +424,7 @@ def load_seatplan(path: str | Path, room_id: str) -> SeatPlan:
     try:
         text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ConfigError([Problem(file, f"byte {e.start}", "expected UTF-8 text (save the file "
-                                   "as CSV UTF-8, not GBK)")]) from e
+        raise ConfigError([Problem(file, f"byte {e.start}", _not_utf8(blob, p))]) from None
     problems: list[Problem] = []
     suffix = p.suffix.lower()
     if suffix == ".csv":
@@ -396,6 +441,6 @@ def load_seatplan(path: str | Path, room_id: str) -> SeatPlan:
     if not rows and not problems:
         problems.append(Problem(file, "(file)", "expected at least one candidate"))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_unnamed(problems, rows))
     return SeatPlan(room=room_id, file=file, sha256=hashlib.sha256(blob).hexdigest(),
                     candidates=tuple(c for _, c in good))
