@@ -402,7 +402,8 @@ def _unnamed(problems: list[Problem], rows: list[tuple[str, dict[str, Any]]]) ->
     """A seat-plan error never echoes a candidate's name, whatever column it was typed in:
     every name in the file is blanked from the values shown, and so is any run of Chinese
     characters (no column but the name holds them)."""
-    scrub = Scrubber(str(row["name"]) for _, row in rows if isinstance(row.get("name"), str))
+    # a name has two characters at least; a one-letter test name would blank letters everywhere
+    scrub = Scrubber(n for _, row in rows if isinstance(n := row.get("name"), str) and len(n.strip()) >= 2)
 
     def shown(v: Any) -> Any:
         if isinstance(v, str):
