@@ -132,7 +132,7 @@ def test_meta_roundtrip_and_closed(spool_path: Path) -> None:
 
 def test_depth_counts_bytes_and_oldest_age(spool: Spool) -> None:
     assert spool.depth() == {"events": 0, "bytes": 0, "oldest_age_s": 0.0,
-                             "overfull": False, "dropped": {}}
+                             "overfull": False, "dropped": {}, "disk_full": False, "unstored": 0}
     a = spool.append("note", {"t": "old"}, 1, True, now=time.time() - 100)
     b = spool.append("device", {"rms": -20}, 1, True)
     d = spool.depth()

@@ -63,6 +63,8 @@ def dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:
         return {"ok": True, **handler(args)}
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"ok": False, "error": "request is not JSON"}
+    except OSError as e:  # a full disk, absent hardware: the OS's words are the answer
+        return {"ok": False, "error": e.strerror if isinstance(e.strerror, str) and e.strerror else str(e)}
     except (ValueError, LookupError, TypeError) as e:  # RequestError, driver errors, bad lookups
         # KeyError's str() is the repr of its key; any other message goes back untouched
         msg = str(e.args[0]) if isinstance(e, KeyError) and len(e.args) == 1 else str(e)

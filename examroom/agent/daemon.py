@@ -35,7 +35,7 @@ from examroom.agent.remote_commands import RemoteCommands
 from examroom.agent.room import Room
 from examroom.agent.sdnotify import notify, watchdog_interval_s
 from examroom.agent.seatplan import SeatPlan
-from examroom.agent.spool import Spool
+from examroom.agent.spool import DiskFull, Spool
 from examroom.agent.trial_reports import TrialReports
 from examroom.agent.uplink import Uplink
 from examroom.contract.vocabulary import RoomState
@@ -86,7 +86,11 @@ class Agent:
     def emit(self, kind: str, data: dict[str, Any]) -> Event | None:
         """Commit an event to the spool, then let the uplink send it. Thread-safe: the
         spool's lock orders concurrent events; seq is their order."""
-        ev = self.spool.append(kind, data, self.uplink.session, self.uplink.connected, now=self.clock())
+        try:
+            ev = self.spool.append(kind, data, self.uplink.session, self.uplink.connected, now=self.clock())
+        except DiskFull:
+            self.metrics.unstored.labels(kind=kind).inc()
+            raise  # the caller says so: a command's reply, a listener's log line
         if ev is not None:  # None: telemetry refused by a full spool, counted by on_drop
             self.metrics.spooled.labels(kind=kind).inc()
             self.uplink.offer(ev)
@@ -97,7 +101,7 @@ class Agent:
 
     def room_state(self) -> tuple[RoomState, list[str]]:
         return room_state(self.devices.needing_attention(), self.room.alerts(), self.loop_errors,
-                          self.uplink.rejected, self.spool.overfull)
+                          self.uplink.rejected, self.spool.overfull, self.spool.disk_full, self.spool.unstored)
 
     # -- payloads -----------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
@@ -117,6 +121,7 @@ class Agent:
         return {"state": "offline", "session": session, "ts": iso_now(self.clock()), **self._identity()}
 
     def heartbeat(self) -> dict[str, Any]:
+        self.spool.check_space()  # a full disk clears by itself once space returns
         depth = self.spool.depth()
         self.metrics.spool_depth.set(depth["events"])
         self.metrics.spool_bytes.set(depth["bytes"])
@@ -126,7 +131,8 @@ class Agent:
             "alerts": alerts, "uptime_s": round(time.monotonic() - self.started_mono, 1),
             "spool": {"events": depth["events"], "bytes": depth["bytes"],
                       "oldest_age_s": depth["oldest_age_s"], "overfull": depth["overfull"],
-                      "dropped": depth["dropped"]},
+                      "dropped": depth["dropped"], "disk_full": depth["disk_full"],
+                      "unstored": depth["unstored"]},
             "rtt_ms": self.uplink.rtt_ms,
             "devices": self.devices.statuses(),
             "exam": self.room.exam_state(),

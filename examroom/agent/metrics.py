@@ -17,6 +17,8 @@ class Metrics:
                                  ["kind"], registry=r)
         self.dropped = Counter("examroom_events_dropped_total",
                                "Telemetry dropped because the spool was full", ["kind"], registry=r)
+        self.unstored = Counter("examroom_events_unstored_total",
+                                "Events that could not be stored: the spool's disk was full", ["kind"], registry=r)
         self.publish_rejected = Counter("examroom_events_rejected_total",
                                         "Events the broker refused (kept in the spool)", registry=r)
         self.spool_depth = Gauge("examroom_spool_events", "Events waiting in the spool", registry=r)

@@ -9,10 +9,18 @@
 * ``ack`` deletes only what the broker acknowledged.
 * The spool is bounded: telemetry is dropped oldest first when it is full;
   evidence never is — the spool then reports ``overfull`` so the agent raises an
-  alert and a person can act.
+  alert and a person can act. The bound holds for the files too: the WAL is
+  checkpointed often enough and truncated, and freed pages go back to the disk
+  (incremental auto-vacuum) once the spool has drained.
+* A full disk stops appends, never delivery: a reserve file (``disk_reserve.py``)
+  is given back the moment a write fails for space, so acknowledgements and the
+  session counter still commit; an append that cannot be stored raises
+  ``DiskFull`` and is counted (``disk_full`` in ``depth()``), and the spool takes
+  its reserve back by itself when space returns.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -25,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from examroom.agent.disk_reserve import DiskReserve
 from examroom.agent.events import Event, is_evidence, iso_now
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,22 @@ class SpoolClosed(RuntimeError):
     pass
 
 
+class DiskFull(OSError):
+    """An event could not be stored: the spool's filesystem is full. Nothing was written."""
+
+    def __init__(self, path: Path, refused: int) -> None:
+        super().__init__(errno.ENOSPC, f"the disk of the spool {path} is full: the event was not stored "
+                                       f"({refused} refused so far); free space there")
+
+
+def _out_of_space(e: sqlite3.Error) -> bool:
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+
+
+MIN_RESERVE = 256 * 1024
+WAL_MAX_PAGES = 1000  # SQLite's own auto-checkpoint point
+
+
 class Spool:
     def __init__(self, path: str | Path, max_bytes: int = 64 * 1024 * 1024,
                  sync: str = "full", on_drop: Callable[[str], None] | None = None) -> None:
@@ -71,6 +96,14 @@ class Spool:
         self.last_seq = 0  # the newest committed seq: a reader at it has nothing to read
         self.dropped: Counter[str] = Counter()
         self.overfull = False
+        self.disk_full = False
+        self.unstored = 0  # appends refused for want of disk space
+        self._page = 4096  # SQLite's default; _bound_files reads the real one
+        self._wal_pages = min(max(max_bytes // 4 // self._page, 16), WAL_MAX_PAGES)
+        # room for a whole WAL and the pages a checkpoint adds to the database: what
+        # delivery writes between two checkpoints (16 MiB at most, 8 MiB by default)
+        self._reserve = DiskReserve(Path(f"{self.path}.reserve"),
+                                    max(2 * self._wal_pages * self._page, MIN_RESERVE))
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,9 +117,13 @@ class Spool:
             except OSError:
                 pass
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
+        self._bound_files(db)
         db.execute(f"PRAGMA synchronous={self.sync.upper()}")
         db.executescript(_SCHEMA)
+        if not self._reserve.hold():
+            self.disk_full = True
+            log.error("spool %s: no room for its %d-byte reserve: the disk is (nearly) full",
+                      self.path, self._reserve.size)
         self._bytes, self._count = db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events").fetchone()
         self.overfull = self._bytes > self.max_bytes  # still true after a restart
@@ -96,6 +133,23 @@ class Spool:
         # event without waiting for the writer, so the sender never queues behind an
         # append's fsync (that wait halved throughput).
         self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+
+    def _bound_files(self, db: sqlite3.Connection) -> None:
+        """Keep the files near the bound: pages freed by deletes go back to the disk
+        (incremental auto-vacuum; an older spool made without it is converted once), and
+        the WAL is checkpointed every quarter of the bound (at most SQLite's 1,000 pages)
+        and truncated to that size, where by default it grew to 4 MB and never shrank."""
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+                try:
+                    db.execute("VACUUM")  # the setting applies to an existing file only after one
+                except sqlite3.OperationalError as e:
+                    log.warning("spool %s: could not convert to incremental vacuum: %s", self.path, e)
+        db.execute("PRAGMA journal_mode=WAL")
+        self._page = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute(f"PRAGMA wal_autocheckpoint={self._wal_pages}")
+        db.execute(f"PRAGMA journal_size_limit={self._wal_pages * self._page}")
 
     def close(self) -> None:
         with self._lock, self._read_lock:
@@ -135,11 +189,47 @@ class Spool:
 
     def next_session(self) -> int:
         """Connection sessions are numbered for the aggregator to tell a late Will from now."""
-        with self._lock, self._transaction() as db:
-            row = db.execute("SELECT value FROM meta WHERE key='session'").fetchone()
-            n = int(row[0]) + 1 if row else 1
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('session', ?)", (str(n),))
-        return n
+        def bump() -> int:
+            with self._transaction() as db:
+                row = db.execute("SELECT value FROM meta WHERE key='session'").fetchone()
+                n = int(row[0]) + 1 if row else 1
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('session', ?)", (str(n),))
+            return n
+        with self._lock:
+            return self._with_reserve(bump)
+
+    def _with_reserve(self, write: Callable[[], Any]) -> Any:
+        """A write delivery depends on (an ack, the session counter): if it fails for space,
+        the reserve is given back and it is tried once more. Caller holds the lock."""
+        try:
+            return write()
+        except sqlite3.Error as e:
+            if not _out_of_space(e):
+                raise
+            self._disk_is_full()
+            return write()
+
+    def _disk_is_full(self) -> None:
+        if not self.disk_full:
+            log.error("spool %s: the disk is full; appends are refused until space returns, "
+                      "delivery of what is spooled goes on", self.path)
+        self.disk_full = True
+        if self._reserve.release():
+            log.warning("spool %s: reserve of %d bytes given back so delivery can go on",
+                        self.path, self._reserve.size)
+        try:  # the WAL back into the database and truncated: later writes reuse its space
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            log.warning("spool %s: checkpoint on a full disk failed: %s", self.path, e)
+
+    def check_space(self) -> bool:
+        """Take the reserve back when space has returned; True when appends are possible.
+        The agent asks on every heartbeat, so recovery needs no person and no append."""
+        with self._lock:
+            if self.disk_full and self._reserve.hold():
+                self.disk_full = False
+                log.warning("spool %s: disk space is back; appends resume", self.path)
+            return not self.disk_full
 
     def last_session(self) -> int:
         return int(self.get_meta("session", "0") or 0)
@@ -156,20 +246,31 @@ class Spool:
         ts = iso_now(created)
         row = (eid, ts, created, kind, session, int(live), int(evidence), size, body)
         with self._lock:
+            if self.disk_full and not self._reserve.hold():
+                self.unstored += 1  # without the reserve back, an append would take its place
+                raise DiskFull(self.path, self.unstored)
+            self.disk_full = False
             gone: list[tuple[int, str, int]] = []
             refused = False
-            if self._bytes + size <= self.max_bytes:
-                # room enough: one statement is its own transaction, with the same fsync;
-                # BEGIN/COMMIT around it cost as much again in Python and SQLite
-                cur = self._conn().execute(_INSERT, row)
-                after = self._bytes + size
-            else:
-                with self._transaction() as db:
-                    gone = self._drop_telemetry(db, self._bytes + size - self.max_bytes)
-                    after = self._bytes - sum(g[2] for g in gone) + size
-                    refused = after > self.max_bytes and not evidence
-                    if not refused:
-                        cur = db.execute(_INSERT, row)
+            try:
+                if self._bytes + size <= self.max_bytes:
+                    # room enough: one statement is its own transaction, with the same fsync;
+                    # BEGIN/COMMIT around it cost as much again in Python and SQLite
+                    cur = self._conn().execute(_INSERT, row)
+                    after = self._bytes + size
+                else:
+                    with self._transaction() as db:
+                        gone = self._drop_telemetry(db, self._bytes + size - self.max_bytes)
+                        after = self._bytes - sum(g[2] for g in gone) + size
+                        refused = after > self.max_bytes and not evidence
+                        if not refused:
+                            cur = db.execute(_INSERT, row)
+            except sqlite3.Error as e:
+                if not _out_of_space(e):
+                    raise
+                self._disk_is_full()
+                self.unstored += 1
+                raise DiskFull(self.path, self.unstored) from None
             # counters change only once the transaction is committed
             for _, gone_kind, gone_size in gone:
                 self._dropped(gone_kind)
@@ -226,11 +327,8 @@ class Spool:
             return 0
         with self._lock:
             db = self._conn()
-            # An ack lost to a power cut only means the event is sent again (the
-            # aggregator de-duplicates by id), so deletes skip the fsync that
-            # appends pay; the next append's fsync makes them durable anyway.
-            db.execute("PRAGMA synchronous=NORMAL")
-            try:
+
+            def delete() -> tuple[int, int]:
                 with self._transaction():
                     freed, n = 0, 0
                     for i in range(0, len(seqs), 500):
@@ -241,13 +339,44 @@ class Spool:
                         db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk)
                         freed += got[0]
                         n += got[1]
+                return freed, n
+
+            # An ack lost to a power cut only means the event is sent again (the
+            # aggregator de-duplicates by id), so deletes skip the fsync that
+            # appends pay; the next append's fsync makes them durable anyway.
+            db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                freed, n = self._with_reserve(delete)
             finally:
                 db.execute(f"PRAGMA synchronous={self.sync.upper()}")
             self._bytes -= freed
             self._count -= n
             if self._bytes <= self.max_bytes:
                 self.overfull = False
+            if self._count == 0:
+                self._shrink(db)
         return n
+
+    def _shrink(self, db: sqlite3.Connection) -> None:
+        """Drained: give freed pages back and truncate the WAL, when they hold more than a
+        quarter of the bound (checked from the file sizes: most drains cost nothing)."""
+        try:
+            wal = os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            wal = 0
+        free_pages = db.execute("PRAGMA freelist_count").fetchone()[0]
+        if wal + free_pages * self._page <= max(self._wal_pages * self._page, 64 * 1024):
+            return
+        try:
+            db.executescript("PRAGMA incremental_vacuum;")  # stepped to the end: execute() frees one page
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:  # a reader mid-read: the next drain tries again
+            log.debug("spool %s: shrink postponed: %s", self.path, e)
+
+    def file_bytes(self) -> int:
+        """What the spool takes on disk: the database and its WAL (not the reserve)."""
+        return sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
+                   if os.path.exists(p))
 
     @property
     def pending(self) -> int:
@@ -262,4 +391,5 @@ class Spool:
             count, size = self._count, self._bytes
         return {"events": count, "bytes": size,
                 "oldest_age_s": round(time.time() - oldest[0], 3) if oldest else 0.0,
-                "overfull": self.overfull, "dropped": dict(self.dropped)}
+                "overfull": self.overfull, "dropped": dict(self.dropped),
+                "disk_full": self.disk_full, "unstored": self.unstored}
