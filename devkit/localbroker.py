@@ -1,7 +1,7 @@
 """A private Mosquitto on a free port: for the demo, the tests and the benchmarks.
 
-Not used by the agent in production (the site runs its own broker); it lives in
-the package so the demo, the benchmarks and the tests start brokers one way.
+Not used by the agent in production (the site runs its own broker) and not shipped
+to a box: the demo, the benchmarks and the tests start brokers this one way.
 """
 from __future__ import annotations
 

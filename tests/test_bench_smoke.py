@@ -17,6 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
     ("bench_audio.py", ["--seconds", "1"], "%"),
     ("bench_camera.py", ["2"], "ms"),
     ("bench_simroom_idle.py", ["--seconds", "1"], "RSS"),
+    ("soak_outage.py", ["--events", "200"], "lost 0"),
+    ("soak_crashloop.py", ["--seconds", "4", "--agent-kills", "1", "--broker-kills", "1"], "lost 0"),
 ])
 def test_benchmark_runs(script: str, args: list[str], expect: str) -> None:
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True,
