@@ -44,6 +44,8 @@ max_bytes = {max_bytes}
 interval_s = 1
 [control]
 socket = "{tmp}/agent.sock"
+[metrics]
+listen = ""
 """, encoding="utf-8")
     return cfg
 
