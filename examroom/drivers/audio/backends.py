@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from examroom.drivers.audio.levels import DB_FLOOR
-from examroom.drivers.audio.monitor import DTYPES, AudioMonitor
+from examroom.drivers.audio.monitor import AudioMonitor
+from examroom.drivers.audio.options import DTYPES
 from examroom.drivers.base import ABSENT, FAULT, DeviceAbsent, DeviceError, Option, SimulationError
 
 __all__ = ["AlsaAudioMonitor", "SimAudioMonitor"]

@@ -215,6 +215,11 @@ class TrialRecorder:
             self._quiet_since = None
         return self.done
 
+    @property
+    def mean_dbfs(self) -> float:
+        """The level of all that was heard (its energy mean), ``DB_FLOOR`` if nothing was."""
+        return round(power_to_dbfs(self.energy / self.frames), 2) if self.frames else DB_FLOOR
+
     def _long(self, start: int, end: int) -> bool:
         return end - start > self.thresholds.silence_hold_s * self.rate
 
@@ -235,7 +240,7 @@ class TrialRecorder:
             "complete": complete,
             "start": to_wall(self.start) if self.frames else None,  # None: nothing was heard
             "end": to_wall(end) if self.frames else None,
-            "mean_dbfs": round(power_to_dbfs(self.energy / self.frames), 2) if self.frames else DB_FLOOR,
+            "mean_dbfs": self.mean_dbfs,
             "peak_dbfs": round(to_dbfs(self.peak), 2),
             "silences": silences,
             "clipping": {"blocks": self.clipped_blocks, "samples": self.clipped_samples,
