@@ -572,6 +572,8 @@ levels_every_s = 0.2
         assert all(math.isnan(g) for g in gauges())
         assert drv.levels()["state"] == "no_input" and drv.levels()["rms_dbfs"] is None
         assert drv.status().state == FAULT
+        hung = drv.selftest()  # present and stalled: a failure, never "absent" (--allow-absent passed it)
+        assert hung.ok is False and hung.skipped is False and "stalled" in hung.steps[0].detail
         mark = len(seen.items)
 
         os.write(writer, half_second)

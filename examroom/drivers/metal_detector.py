@@ -237,8 +237,8 @@ class GpioMetalDetector(Driver):
         """Like gpiozero's pintest: say what is checked, read every line once, judge the levels."""
         with self._lock:
             if self._state != OK:
-                why = self._reason or "not started"
-                return SelftestResult(self.name, self.kind, ok=False, skipped=True,
+                why = self._reason or "not started"  # a faulty detector fails; only an absent one is skipped
+                return SelftestResult(self.name, self.kind, ok=False, skipped=self._state in (ABSENT, STOPPED),
                                       steps=(SelftestStep("gpio", False, why),))
             assert self._alarm is not None
             steps = [SelftestStep("plan", True,

@@ -276,8 +276,10 @@ class AudioMonitor(Driver):
             state, reason = self._state, self._reason
             frames = self._feed.frames if self._feed is not None else 0
         if state != OK:
+            # skipped (absent) only when there is no card: a card that is there and stalls or
+            # refuses the format is a failure, or --allow-absent would pass a hung card
             step = SelftestStep("input", False, reason or "not started")
-            return SelftestResult(self.name, self.kind, ok=False, steps=(step,), skipped=True)
+            return SelftestResult(self.name, self.kind, ok=False, steps=(step,), skipped=state in (ABSENT, STOPPED))
         timeout = max(1.0, 5 * self.block_frames / self.rate)
         with self._cond:
             flowing = self._cond.wait_for(lambda: self._feed is not None and self._feed.frames > frames, timeout)

@@ -374,7 +374,8 @@ class CameraBase(Driver):
     def selftest(self) -> SelftestResult:
         if not self._running:
             step = SelftestStep("camera", False, f"{self._state}: {self._reason}".rstrip(": "))
-            return SelftestResult(self.name, self.kind, ok=False, steps=(step,), skipped=True)
+            return SelftestResult(self.name, self.kind, ok=False, steps=(step,),
+                                  skipped=self._state in (ABSENT, STOPPED))  # a faulty camera fails
         try:
             frame = self._grab()
         except Exception as exc:  # any capture failure is the answer of this step
