@@ -11,9 +11,10 @@ import random
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from soaklib import Agent, Subscriber, config, tally
+from soaklib import BROKER_CONF, Agent, Subscriber, config, tally
 
 from devkit.localbroker import Broker
 from examroom.agent.control import AgentUnreachable, call
@@ -26,11 +27,13 @@ def main() -> None:
     ap.add_argument("--broker-kills", type=int, default=5)
     a = ap.parse_args()
     rng = random.Random(7)
-    with tempfile.TemporaryDirectory(prefix="soak") as d:
+    with tempfile.TemporaryDirectory(prefix="soak") as d, ExitStack() as cleanup:
         tmp = Path(d)
-        broker = Broker(tmp / "broker", persistence=True).start()
+        broker = Broker(tmp / "broker", persistence=True, extra_conf=BROKER_CONF).start()
+        cleanup.callback(broker.kill)  # whatever fails, nothing is left running
         sub = Subscriber(broker.port).start()
         agent = Agent(config(tmp, broker.port), tmp)
+        cleanup.callback(agent.kill)
         agent.start()
         acknowledged: set[int] = set()
         stop = threading.Event()

@@ -9,9 +9,10 @@ import argparse
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
-from soaklib import Agent, Subscriber, config, tally
+from soaklib import BROKER_CONF, Agent, Subscriber, config, tally
 
 from devkit.localbroker import Broker
 from examroom.agent.control import call
@@ -21,11 +22,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=36_000)
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="soak") as d:
+    with tempfile.TemporaryDirectory(prefix="soak") as d, ExitStack() as cleanup:
         tmp = Path(d)
-        broker = Broker(tmp / "broker", persistence=True).start()
+        broker = Broker(tmp / "broker", persistence=True, extra_conf=BROKER_CONF).start()
+        cleanup.callback(broker.kill)  # whatever fails, nothing is left running
         sub = Subscriber(broker.port).start()
         agent = Agent(config(tmp, broker.port), tmp)
+        cleanup.callback(agent.kill)
         agent.start()
         broker.stop()
         t0 = time.monotonic()

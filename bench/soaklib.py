@@ -22,6 +22,11 @@ sys.path.insert(0, str(ROOT))
 from examroom.agent.control import AgentUnreachable, call  # noqa: E402
 
 
+# the aggregator's queue must hold a whole backlog: Mosquitto's default of 1,000 queued messages
+# per client drops the rest of a replay that arrives while the subscriber reconnects
+BROKER_CONF = "max_queued_messages 0\nmax_inflight_messages 100\n"
+
+
 def config(tmp: Path, port: int, max_bytes: int = 64 * 1024 * 1024) -> Path:
     cfg = tmp / "agent.toml"
     cfg.write_text(f"""schema_version = 1
@@ -75,7 +80,7 @@ class Agent:
         raise RuntimeError(f"HANG: agent not up within {timeout} s")
 
     def kill(self) -> None:
-        if self.proc is not None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
