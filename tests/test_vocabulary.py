@@ -50,6 +50,7 @@ CASES: list[tuple[type[Enum], str, tuple[str | int, ...]]] = [
     (v.RoomState, "status", ("state",)),
     (v.Phase, "heartbeat", ("exam", "phase")),
     (v.AudioFeed, "data/audio", ("state",)),
+    (v.CameraView, "data/camera", ("state",)),
     (v.AudioSource, "data/audio_switch", ("source",)),
     (v.SwitchReason, "data/audio_switch", ("reason",)),
 ]
@@ -58,6 +59,10 @@ CASES: list[tuple[type[Enum], str, tuple[str | int, ...]]] = [
 @pytest.mark.parametrize("words,schema,path", CASES, ids=[c[0].__name__ for c in CASES])
 def test_enum_equals_the_documented_enum(words: type[Enum], schema: str, path: tuple[str | int, ...]) -> None:
     assert {w.value for w in words} == enum(SCHEMAS[schema], *path)
+
+
+def test_camera_problems_are_the_documented_reasons() -> None:
+    assert {p.value for p in v.CameraProblem} == set(at(SCHEMAS["data/camera"], "reason")["enum"])
 
 
 def test_device_states_are_the_documented_ones_for_every_kind() -> None:

@@ -155,6 +155,24 @@ class DeviceState(Word):
     STOPPED = "stopped"  # not started yet, or stopped
 
 
+class CameraView(Word):
+    """What the camera's picture shows (``camera.state``)."""
+
+    NORMAL = "normal"
+    ABNORMAL = "abnormal"
+    ABSENT = "absent"  # no camera to look through
+
+
+class CameraProblem(Word):
+    """Why the picture is abnormal (``camera.reason``; empty when normal)."""
+
+    NONE = ""
+    DARK = "dark"        # covered lens, lights off
+    FROZEN = "frozen"    # the picture stopped changing
+    BLURRED = "blurred"  # out of focus, fogged, smeared
+    NO_FRAMES = "no_frames"
+
+
 class AudioFeed(Word):
     """What the broadcast input carries (``audio.state``)."""
 

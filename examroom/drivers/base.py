@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
+from examroom.contract.vocabulary import DeviceState
 from examroom.drivers.bus import Bus, DeviceEvent
 from examroom.drivers.events import DeviceStateChanged
 
@@ -43,11 +44,8 @@ class SimulationError(DeviceError, ValueError):
     """A ``sim`` command the simulated backend does not understand."""
 
 
-# Device states, as reported in status() and the heartbeat.
-OK = "ok"            # present and working
-ABSENT = "absent"    # not found: no hardware, no library, no service
-FAULT = "fault"      # present but not working right (needs a person)
-STOPPED = "stopped"  # not started yet, or stopped
+# Device states, as reported in status() and the heartbeat (the contract's words)
+OK, ABSENT, FAULT, STOPPED = DeviceState.OK, DeviceState.ABSENT, DeviceState.FAULT, DeviceState.STOPPED
 
 
 @dataclass(frozen=True)

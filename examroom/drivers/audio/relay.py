@@ -7,18 +7,19 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from examroom.contract.vocabulary import AudioSource, SwitchReason
 from examroom.drivers.base import DeviceAbsent
 
-SOURCES = ("primary", "backup")  # relay released = primary, so a dead box falls back to it
-REASONS = ("command", "auto", "selftest")
+SOURCES = tuple(AudioSource)  # relay released = primary, so a dead box falls back to it
+REASONS = tuple(SwitchReason)
 
 
 def check_switch(source: str, reason: str) -> None:
     """Refuse (ValueError) a source or a reason for switching that is not one of ours."""
     if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if reason not in REASONS:
-        raise ValueError(f"reason must be one of {REASONS}, got {reason!r}")
+        raise ValueError(f"reason must be one of {', '.join(REASONS)}, got {reason!r}")
 
 
 class SourceRelay:

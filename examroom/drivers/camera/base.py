@@ -29,6 +29,7 @@ from examroom.drivers.bus import Bus
 from examroom.drivers.base import (ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus,
                           DeviceTimeout, Driver, Option, ProtocolError, SelftestResult,
                           SelftestStep, positive)
+from examroom.contract.vocabulary import CameraProblem, CameraView
 from examroom.drivers.camera.health import (ABNORMAL, DEFAULT_ANALYSIS_WIDTH, DEFAULT_BLUR_THRESHOLD,
                                    DEFAULT_DARK_THRESHOLD, DEFAULT_FROZEN_AFTER_S, NO_FRAMES, NORMAL,
                                    HealthAnalyzer, Thresholds, Verdict, brightness, prepare,
@@ -207,7 +208,7 @@ class CameraBase(Driver):
             except DeviceAbsent as exc:
                 log.warning("camera %s absent: %s", self.name, exc)
                 self._set_state(ABSENT, str(exc))
-                self._emit_health("absent", "", {})
+                self._emit_health(CameraView.ABSENT, CameraProblem.NONE, {})
                 return
             except (DeviceError, OSError, RuntimeError) as exc:
                 log.error("camera %s failed to open: %s", self.name, exc)

@@ -20,13 +20,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-NORMAL = "normal"
-ABNORMAL = "abnormal"
+from examroom.contract.vocabulary import CameraProblem, CameraView
 
-DARK = "dark"
-BLURRED = "blurred"
-FROZEN = "frozen"
-NO_FRAMES = "no_frames"
+NORMAL, ABNORMAL = CameraView.NORMAL, CameraView.ABNORMAL
+DARK, BLURRED, FROZEN, NO_FRAMES = CameraProblem.DARK, CameraProblem.BLURRED, CameraProblem.FROZEN, CameraProblem.NO_FRAMES
 
 DEFAULT_ANALYSIS_WIDTH = 320
 DEFAULT_DARK_THRESHOLD = 20.0      # mean grey level of 255; a covered lens sits near 0-10
