@@ -58,7 +58,7 @@ class AgentProcess:
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "examroom.agent.cli", "run", "--config", str(self.config)],
-            stdout=out, stderr=out, env={**os.environ, **self.env})
+            stdout=out, stderr=out, env={**os.environ, "PYTHONFAULTHANDLER": "1", **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -79,9 +79,16 @@ class AgentProcess:
             self.proc.wait()
 
     def terminate(self) -> int:
+        """SIGTERM and wait; an agent that does not stop in 15 s is a hang: SIGABRT makes its
+        fault handler write every thread's stack to its log, which the error shows."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(15)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(10)
+            raise RuntimeError(f"agent did not stop within 15 s of SIGTERM:\n{self.logs()[-6000:]}") from None
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
