@@ -61,7 +61,7 @@ def test_refusal_verdicts(make, emitted):
     bad = ID[1][:17] + ("1" if ID[1][17] != "1" else "2")
     r = st.on_card(card(1, id_number=bad))
     assert r["verdict"] == "invalid_id" and r["id_masked"] == mask_id(bad) and r["seat"] is None
-    assert st.on_card(card(1, id_valid=False))["verdict"] == "invalid_id"
+    assert st.on_card(card(2, id_number=ID[2][:17] + "X"))["verdict"] == "invalid_id"  # a wrong X too
     assert st.on_card(card(1, valid_to="2026/12/31"))["verdict"] == "invalid_id"
     e = st.on_card(card(1, valid_to="20260606"))
     assert e["verdict"] == "expired_card" and e["seat"] == "1"

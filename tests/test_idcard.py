@@ -27,11 +27,11 @@ ID_NUMBER = "11010519491231002X"
 ZHANG = Identity(name="张三丰", sex="男", sex_code="1", nation="汉", nation_code="01", birth="19491231",
                  address="北京市东城区考试路1号",
                  id_number=ID_NUMBER, issuer="北京市公安局东城分局", valid_from="20150101",
-                 valid_to="20350101", photo_wlt=bytes(range(256)) * 4, id_valid=True)
+                 valid_to="20350101", photo_wlt=bytes(range(256)) * 4)
 LI = Identity(name="李四", sex="女", sex_code="2", nation="壮", nation_code="08", birth="20060215",
               address="广西南宁市青秀区",
               id_number="450103200602150027", issuer="南宁市公安局青秀分局", valid_from="20220301",
-              valid_to="20270301", photo_wlt=bytes(1024), id_valid=False)  # wrong check digit
+              valid_to="20270301", photo_wlt=bytes(1024))  # wrong check digit
 
 
 class Events:

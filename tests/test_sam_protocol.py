@@ -28,7 +28,7 @@ def _id(first17: str) -> str:
 ZHANG = Identity(name="张三丰", sex="男", sex_code="1", nation="汉", nation_code="01", birth="19491231",
                  address="北京市东城区考试路1号院2号楼", id_number="11010519491231002X",
                  issuer="北京市公安局东城分局", valid_from="20150101", valid_to="长期",
-                 photo_wlt=bytes(range(256)) * 4, id_valid=True)
+                 photo_wlt=bytes(range(256)) * 4)
 
 
 class Collect:

@@ -13,8 +13,8 @@ from examroom.drivers.base import Driver
 REGISTRY: dict[tuple[str, str], str] = {
     ("idcard", "serial"): "examroom.drivers.idcard.reader:SerialIdCardReader",
     ("idcard", "sim"): "examroom.drivers.idcard.reader:SimIdCardReader",
-    ("pcsc", "pcsc"): "examroom.drivers.pcsc:PcscReader",
-    ("pcsc", "sim"): "examroom.drivers.pcsc:SimPcscReader",
+    ("pcsc", "pcsc"): "examroom.drivers.pcsc.reader:PcscReader",
+    ("pcsc", "sim"): "examroom.drivers.pcsc.sim:SimPcscReader",
     ("metal_detector", "gpio"): "examroom.drivers.metal_detector:GpioMetalDetector",
     ("metal_detector", "sim"): "examroom.drivers.metal_detector:SimMetalDetector",
     ("audio", "alsa"): "examroom.drivers.audio.backends:AlsaAudioMonitor",

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from examroom.drivers.bus import DeviceEvent
-from examroom.drivers.gb11643 import mask_id
+from examroom.drivers.gb11643 import is_valid, mask_id
 
 
 def iso_now(ts: float) -> str:
@@ -34,9 +34,14 @@ class Identity:
     valid_from: str     # YYYYMMDD
     valid_to: str       # YYYYMMDD or a word such as 长期 (long-term)
     photo_wlt: bytes = field(default=b"", repr=False)  # raw WLT; decoding needs a vendor library
-    id_valid: bool = True  # GB 11643 check digit
     sex_code: str = ""     # as the card holds it, e.g. "1"
     nation_code: str = ""  # as the card holds it, e.g. "01"
+
+    @property
+    def id_valid(self) -> bool:
+        """Whether ``id_number``'s GB 11643 check digit is right. Derived, not stored: a stored
+        flag is one more thing every decoder must set, and could disagree with the number."""
+        return is_valid(self.id_number)
 
     def __repr__(self) -> str:
         return f"Identity(id={mask_id(self.id_number)}, valid={self.id_valid})"

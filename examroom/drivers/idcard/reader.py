@@ -23,26 +23,23 @@ from typing import Any, Callable
 
 from examroom.drivers.bus import Bus
 from examroom.drivers.base import (
-    ABSENT, FAULT, OK, STOPPED, DeviceAbsent, DeviceError, DeviceStatus, DeviceTimeout, Driver, Option,
-    ProtocolError, SelftestResult, SelftestStep, SimulationError, positive,
+    ABSENT, FAULT, OK, STOPPED, DeviceError, DeviceStatus, DeviceTimeout, Driver, Option, ProtocolError,
+    SelftestResult, SelftestStep, SimulationError, positive,
 )
 from examroom.drivers.events import CardPresented, CardRemoved, Identity, ReaderGarbage
-from examroom.drivers.gb11643 import has_id_shape, is_valid, mask_id
+from examroom.drivers.gb11643 import has_id_shape, mask_id
+from examroom.drivers.idcard.sam_link import ANSWERED, SILENT, SamLink
 from examroom.drivers.idcard.sam_protocol import (
-    BAD_CHECKSUM, BAD_LENGTH, FIND_CARD, KNOWN_COMMANDS, NATION_NAMES, READ_TEXT_PHOTO, SAM_ID, SAM_STATUS,
-    SELECT_CARD, SEX_NAMES, SHORT_FRAME, SW_SAM_FAULT, CardError, FrameDecoder, Refusal, Reply, answers,
-    check_status, decode_identity, encode_command, format_sam_id, reply_decoder,
+    FIND_CARD, KNOWN_COMMANDS, NATION_NAMES, READ_TEXT_PHOTO, SAM_ID, SAM_STATUS, SELECT_CARD, SEX_NAMES,
+    SW_SAM_FAULT, CardError, Refusal, Reply, check_status, decode_identity, format_sam_id,
 )
 from examroom.drivers.idcard.sam_simulator import FAULTS, NOISE, SLOW, Fault, SamReaderSimulator
 
 log = logging.getLogger(__name__)
 
-_READ_SLICE_S = 0.05   # one serial read blocks at most this long, so deadlines are kept
 _REMOVAL_MISSES = 2    # a single failed find can be RF noise; two in a row mean the card left
 _SILENT_MISSES = 2     # one lost or late reply is the line; two in a row mean the reader is not there
-_UNEXPECTED_FRAME = "unexpected_frame"
 _BAD_CARD_DATA = "bad_card_data"
-_MANGLED = (BAD_CHECKSUM, BAD_LENGTH, SHORT_FRAME)  # refusals that mean "our reply, damaged"
 
 
 def _seconds(default: float, meaning: str) -> Option:
@@ -50,6 +47,12 @@ def _seconds(default: float, meaning: str) -> Option:
 
 
 class SerialIdCardReader(Driver):
+    """Polls the reader for cards, keeps its port open, and judges the line by its answers.
+
+    The exchange itself (port, frames, deadlines, counts) is the ``SamLink``'s; this class
+    decides what each outcome means for the reader's state, its events and the log.
+    """
+
     kind = "idcard"
     backend = "serial"
     options = {
@@ -63,21 +66,13 @@ class SerialIdCardReader(Driver):
     def __init__(self, name: str, config: dict[str, Any], bus: Bus,
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(name, config, bus, clock)
-        self._io = threading.RLock()  # one command/reply exchange at a time on the line
+        self._link = SamLink(self._refused, self._stray)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._serial: Any = None      # serial.Serial while the port is open
-        self._serial_mod: Any = None  # the pyserial module, imported by start()
-        self._decoder: FrameDecoder[Reply] | None = None
         self._port_error = ""  # why the port last failed to open or work; "" once it opens
         self._present = False
         self._misses = 0
         self._cards_read = 0
-        self._garbage_bytes = 0
-        self._refusals: dict[str, int] = {}  # reason -> times
-        self._timeouts = 0                   # exchanges that got no reply at all in time
-        self._silent = 0                     # ... of them in a row
-        self._refusing = False               # refusals since the last whole reply (log once)
         self._sam_id: str | None = None
 
     def _port_path(self) -> str:
@@ -94,8 +89,7 @@ class SerialIdCardReader(Driver):
             except ImportError:
                 self._set_state(ABSENT, "pyserial is not installed")
                 return
-            self._serial_mod = serial
-            self._decoder = reply_decoder(self._refused)
+            self._link.begin(serial)
             self._stopping.clear()
             self._try_open()
             self._thread = threading.Thread(target=self._run, name=f"idcard-{self.name}", daemon=True)
@@ -108,9 +102,9 @@ class SerialIdCardReader(Driver):
         if thread is not None:
             # A read in progress ends by its own deadline; the loop then sees the flag.
             thread.join(timeout=self._opt("read_timeout_s") + 2 * self._opt("command_timeout_s") + 1)
-        self._close()
+        self._link.close()
         with self._lock:
-            self._present, self._misses, self._silent = False, 0, 0
+            self._present, self._misses = False, 0
             self._port_error = ""
         self._set_state(STOPPED)
 
@@ -120,17 +114,14 @@ class SerialIdCardReader(Driver):
                 "port": self._port_path(),
                 "cards_read": self._cards_read,
                 "card_present": self._present,
-                "garbage_count": sum(self._refusals.values()),
-                "garbage_bytes": self._garbage_bytes,
-                "refused": dict(self._refusals),
-                "timeouts": self._timeouts,
+                **self._link.counts(),
             }
             if self._sam_id:
                 details["sam_id"] = self._sam_id
             return DeviceStatus(self._state, self._reason, details)
 
     def selftest(self) -> SelftestResult:
-        if self._serial is None:
+        if not self._link.is_open:
             with self._lock:
                 reason = ": ".join(filter(None, (self._reason or "not started", self._port_error)))
             return SelftestResult(self.name, self.kind, ok=False, skipped=True,
@@ -151,11 +142,11 @@ class SerialIdCardReader(Driver):
     # -- the polling thread -------------------------------------------------------------------
 
     def _run(self) -> None:
-        just_opened = self._serial is not None
+        just_opened = self._link.is_open
         while not self._stopping.is_set():
-            if self._serial is None:
+            if not self._link.is_open:
                 just_opened = self._try_open()
-            if self._serial is not None:
+            if self._link.is_open:
                 try:
                     if just_opened:
                         just_opened = False
@@ -198,7 +189,7 @@ class SerialIdCardReader(Driver):
             identity = decode_identity(reply.data)
         except ProtocolError as exc:
             log.warning("%s: refused card data: %s", self.name, exc)
-            self._refused(Refusal(_BAD_CARD_DATA, len(reply.data)))
+            self._link.refuse(Refusal(_BAD_CARD_DATA, len(reply.data)))
             return
         with self._lock:
             self._present = True
@@ -221,104 +212,35 @@ class SerialIdCardReader(Driver):
             self._sam_id = sam_id
         return sam_id
 
-    # -- the line ---------------------------------------------------------------------------
+    # -- what the line's answers mean ---------------------------------------------------------
 
     def _transact(self, code: tuple[int, int], timeout: float) -> Reply:
         """Send one command and return its successful reply; raise for anything else."""
         what = KNOWN_COMMANDS[code]
-        with self._io:
-            ser, decoder = self._serial, self._decoder
-            if ser is None or decoder is None:
-                raise DeviceAbsent(f"port {self._port_path()} is not open")
-            self._discard_stale(ser, decoder)
-            ser.write(encode_command(code))
-            deadline = time.monotonic() + timeout
-            mangled_before = _mangled(decoder)
-            reply, stray = self._await_answer(ser, decoder, code, deadline, mangled_before)
-            mangled = _mangled(decoder) > mangled_before
-        if reply is None and mangled:
-            # The reader did answer; the line damaged it. Not a fault: the caller retries.
-            self._heard()
-            raise ProtocolError(f"{what}: reply refused (damaged on the line)")
-        if reply is None and stray is not None:
-            self._heard()
-            check_status(stray, code)  # a status this command cannot have: raises UnexpectedStatus
-        if reply is None:
-            self._missed(what, timeout)
+        exchange = self._link.exchange(code, timeout)
+        if exchange.outcome == SILENT:
+            if exchange.silent_run >= _SILENT_MISSES:
+                self._set_state(FAULT, f"reader on {self._port_path()} does not answer")
+            elif exchange.silent_run == 1:
+                log.warning("%s: no reply to %s within %s s", self.name, what, timeout)
             raise DeviceTimeout(f"{what}: no reply within {timeout} s")
-        self._heard(whole=True)
-        if reply.sw3 == SW_SAM_FAULT:
-            self._set_state(FAULT, "SAM module self-test failed")
-        else:
-            self._set_state(OK)
-        return check_status(reply, code)
-
-    def _await_answer(self, ser: Any, decoder: FrameDecoder[Reply], code: tuple[int, int],
-                      deadline: float, mangled_before: int) -> tuple[Reply | None, Reply | None]:
-        """(our reply, the last frame refused as no answer to ``code``), listening until one
-        comes, the deadline passes or a damaged frame shows our reply was lost."""
-        pending: list[Reply] = []
-        stray: Reply | None = None
-        reply: Reply | None = None
-        while reply is None:
-            if not pending:
-                pending = self._await_frames(ser, decoder, deadline, mangled_before)
-                if not pending:
-                    break
-            frame = pending.pop(0)
-            if answers(frame, code):
-                reply = frame
+        if exchange.frame is None:  # DAMAGED: the reader did answer; the line spoilt it
+            # Not a fault: the caller retries.
+            raise ProtocolError(f"{what}: reply refused (damaged on the line)")
+        if exchange.outcome == ANSWERED:
+            if exchange.frame.sw3 == SW_SAM_FAULT:
+                self._set_state(FAULT, "SAM module self-test failed")
             else:
-                stray = frame
-                log.debug("%s: a reply that does not answer %s (SW3 %02X): a late answer?",
-                          self.name, KNOWN_COMMANDS[code], frame.sw3)
-                self._refused(Refusal(_UNEXPECTED_FRAME, frame.size))
-        for extra in pending:
-            self._refused(Refusal(_UNEXPECTED_FRAME, extra.size))
-        return reply, stray
+                self._set_state(OK)
+        # A stray's status is one this command cannot have: check_status raises UnexpectedStatus.
+        return check_status(exchange.frame, code)
 
-    def _await_frames(self, ser: Any, decoder: FrameDecoder[Reply], deadline: float,
-                      mangled_before: int) -> list[Reply]:
-        # A damaged frame was our reply: no point waiting on for it.
-        while time.monotonic() < deadline and _mangled(decoder) == mangled_before:
-            chunk = ser.read(max(1, ser.in_waiting))
-            if chunk:
-                frames = decoder.feed(chunk)
-                if frames:
-                    return frames
-        return decoder.flush()  # a frame may hide behind a truncated one
+    def _stray(self, frame: Reply, code: tuple[int, int]) -> None:
+        log.debug("%s: a reply that does not answer %s (SW3 %02X): a late answer?",
+                  self.name, KNOWN_COMMANDS[code], frame.sw3)
 
-    def _heard(self, whole: bool = False) -> None:
-        """The reader answered (``whole``: with a reply we could use, which ends a run of
-        refusals; a damaged answer still shows the reader is there)."""
-        with self._lock:
-            self._silent = 0
-            if whole:
-                self._refusing = False
-
-    def _missed(self, what: str, timeout: float) -> None:
-        with self._lock:
-            self._timeouts += 1
-            self._silent += 1
-            silent = self._silent
-        if silent >= _SILENT_MISSES:
-            self._set_state(FAULT, f"reader on {self._port_path()} does not answer")
-        elif silent == 1:
-            log.warning("%s: no reply to %s within %s s", self.name, what, timeout)
-
-    def _discard_stale(self, ser: Any, decoder: FrameDecoder[Reply]) -> None:
-        """Whatever is on the line before we ask belongs to no question of ours."""
-        stale = ser.read(ser.in_waiting) if ser.in_waiting else b""
-        for frame in decoder.feed(stale) + decoder.flush():
-            self._refused(Refusal(_UNEXPECTED_FRAME, frame.size))
-
-    def _refused(self, refusal: Refusal) -> None:
-        """Counted every time; logged at INFO once per run of refusals (a noisy line refuses
-        a few frames a second), the rest at DEBUG: ``status`` has the counts."""
-        with self._lock:
-            self._garbage_bytes += refusal.nbytes
-            self._refusals[refusal.reason] = self._refusals.get(refusal.reason, 0) + 1
-            first, self._refusing = not self._refusing, True
+    def _refused(self, refusal: Refusal, first: bool) -> None:
+        """Logged at INFO once per run of refusals, the rest at DEBUG: ``status`` has the counts."""
         log.log(logging.INFO if first else logging.DEBUG, "%s: refused %d bytes (%s)%s", self.name,
                 refusal.nbytes, refusal.reason, "; more are counted in status until a good reply" if first else "")
         self.emit(ReaderGarbage(device=self.name, reason=refusal.reason, count=refusal.nbytes,
@@ -329,22 +251,18 @@ class SerialIdCardReader(Driver):
     def _try_open(self) -> bool:
         port = self._port_path()
         try:
-            ser = self._serial_mod.Serial(port, baudrate=self._opt("baudrate"), timeout=_READ_SLICE_S,
-                                          write_timeout=1.0, exclusive=True)
+            self._link.open(port, self._opt("baudrate"))
         except OSError as exc:
             self._port_failed(f"cannot open {port}: {exc}")
             return False
-        with self._io:
-            self._serial = ser
         with self._lock:
             self._port_error = ""
-        self._heard()
         log.info("%s: opened %s", self.name, port)
         self._set_state(OK)  # working: nothing to say; the port is in the status details
         return True
 
     def _lost(self, exc: OSError) -> None:
-        self._close()
+        self._link.close()
         with self._lock:
             was_present, self._present, self._misses = self._present, False, 0
         if was_present:
@@ -361,19 +279,6 @@ class SerialIdCardReader(Driver):
         if new:
             log.info("%s: %s", self.name, error)
         self._set_state(ABSENT, f"port {self._port_path()} unavailable")
-
-    def _close(self) -> None:
-        with self._io:
-            ser, self._serial = self._serial, None
-        if ser is not None:
-            try:
-                ser.close()
-            except OSError:
-                pass  # the device is already gone; nothing left to release
-
-
-def _mangled(decoder: FrameDecoder[Reply]) -> int:
-    return sum(decoder.refused.get(reason, 0) for reason in _MANGLED)
 
 
 _SIM_COMMANDS = {"find": FIND_CARD, "select": SELECT_CARD, "read": READ_TEXT_PHOTO}
@@ -488,5 +393,4 @@ def _sim_identity(args: list[str]) -> Identity:
         issuer="北京市公安局东城分局",
         valid_from="20150101" if expired else "20250101",
         valid_to="20200101" if expired else "20350101",
-        id_valid=is_valid(id_number),
     )

@@ -20,7 +20,6 @@ from typing import Callable, Generic, Mapping, TypeVar
 
 from examroom.drivers.base import DeviceError, ProtocolError
 from examroom.drivers.events import Identity
-from examroom.drivers.gb11643 import is_valid
 
 PREAMBLE = bytes.fromhex("AAAAAA9669")
 _HEADER = len(PREAMBLE) + 2  # preamble + LEN
@@ -352,7 +351,7 @@ def decode_identity(data: bytes) -> Identity:
     if len(data) != 4 + text_len + photo_len:
         raise ProtocolError(f"read reply data is {len(data)} bytes, lengths announce {4 + text_len + photo_len}")
     fields = decode_text(data[4:4 + text_len])
-    return Identity(**fields, photo_wlt=bytes(data[4 + text_len:]), id_valid=is_valid(fields["id_number"]))
+    return Identity(**fields, photo_wlt=bytes(data[4 + text_len:]))
 
 
 def encode_identity(identity: Identity) -> bytes:
