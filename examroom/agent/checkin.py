@@ -120,7 +120,7 @@ class CheckinStation:
                     return self._checkin(Verdict.UNKNOWN_CARD, session, now, Method.UID, ev.device, uid=ev.uid)
                 return self._admit(cand, session, phase, now, Method.UID, ev.device, uid=ev.uid)
             masked = mask_id(ident.id_number)
-            if not ident.id_valid:  # the driver checked the GB 11643 digit as it decoded the card
+            if not ident.id_valid:  # the GB 11643 check digit, derived from the number in Identity
                 return self._checkin(Verdict.INVALID_ID, session, now, Method.CARD, ev.device, id_masked=masked,
                                      reason="GB 11643 check digit does not match")
             cand = self._plan.by_id(ident.id_number)
