@@ -139,6 +139,35 @@ def test_card_read_gives_card_presented_with_the_identity(reader: SerialIdCardRe
     assert status.details["port"] == str(line.link)
 
 
+def test_a_quick_swap_gives_the_second_card_its_verdict(reader: SerialIdCardReader, line: Line,
+                                                       events: Events) -> None:
+    """A second card put down 0.35 s after the first was lifted is one missed look at the default
+    poll, not the two that mean "removed": it was taken for the first card and never read."""
+    line.sim.set_card(ZHANG)
+    events.wait(CardPresented)
+    line.sim.set_card(LI, lift_finds=1)
+    presented = events.wait(CardPresented, 2)
+    assert presented[1].identity == LI
+    assert [type(e).__name__ for e in events.of((CardPresented, CardRemoved))] == \
+        ["CardPresented", "CardRemoved", "CardPresented"]
+    reads = line.sim.served["read text and photo"]
+    finds = line.sim.served["find card"]
+    assert line.sim.wait_served("find card", finds + 10, WAIT)  # it stays: no third verdict
+    assert len(events.of(CardPresented)) == 2 and line.sim.served["read text and photo"] == reads
+
+
+def test_a_flaky_look_at_the_same_card_is_no_new_verdict(reader: SerialIdCardReader, line: Line,
+                                                         events: Events) -> None:
+    line.sim.set_card(ZHANG)
+    events.wait(CardPresented)
+    line.sim.set_card(ZHANG, lift_finds=1)  # one look finds nothing, the same card is there again
+    reads = line.sim.served["read text and photo"]
+    assert line.sim.wait_served("read text and photo", reads + 1, WAIT)  # it is checked...
+    finds = line.sim.served["find card"]
+    assert line.sim.wait_served("find card", finds + 5, WAIT)
+    assert len(events.of(CardPresented)) == 1 and not events.of(CardRemoved)  # ...and is the same card
+
+
 def test_one_event_per_placement_and_removal(reader: SerialIdCardReader, line: Line, events: Events) -> None:
     line.sim.set_card(ZHANG)
     events.wait(CardPresented)

@@ -71,6 +71,7 @@ class SerialIdCardReader(Driver):
         self._thread: threading.Thread | None = None
         self._port_error = ""  # why the port last failed to open or work; "" once it opens
         self._present = False
+        self._last_id: str | None = None  # the card now on the reader, to tell a swap from a flaky look
         self._misses = 0
         self._cards_read = 0
         self._sam_id: str | None = None
@@ -176,24 +177,34 @@ class SerialIdCardReader(Driver):
         except DeviceError as exc:
             log.debug("%s: find card: %s", self.name, exc)
             return
-        self._misses = 0
-        if self._present:
+        missed, self._misses = self._misses, 0
+        if self._present and not missed:
             return  # same placement: already reported
+        # Not present, or present but a look just found nothing: a card swapped quicker than
+        # the two misses that mean "removed" (0.35 s at the default poll) was never read.
         try:
             self._transact(SELECT_CARD, command_timeout)
             reply = self._transact(READ_TEXT_PHOTO, self._opt("read_timeout_s"))
         except DeviceError as exc:
             log.info("%s: card seen but not read (will retry): %s", self.name, exc)
+            self._misses = missed  # a swap still unchecked is checked on the next look
             return
         try:
             identity = decode_identity(reply.data)
         except ProtocolError as exc:
             log.warning("%s: refused card data: %s", self.name, exc)
             self._link.refuse(Refusal(_BAD_CARD_DATA, len(reply.data)))
+            self._misses = missed
             return
         with self._lock:
-            self._present = True
+            swapped = self._present and identity.id_number != self._last_id
+            if self._present and not swapped:
+                return  # the same card after a flaky look: already reported
+            self._present, self._last_id = True, identity.id_number
             self._cards_read += 1
+        if swapped:
+            log.info("%s: card swapped without a lift the reader could see", self.name)
+            self.emit(CardRemoved(device=self.name, ts=self.clock()))
         log.info("%s: card read: %r", self.name, identity)
         self.emit(CardPresented(device=self.name, identity=identity, ts=self.clock()))
 

@@ -97,11 +97,12 @@ class SamReaderSimulator:
         with self._lock:
             return self._card
 
-    def set_card(self, identity: Identity | None) -> None:
-        """Put a card on the reader (``None`` takes it away); a card already there is lifted first."""
+    def set_card(self, identity: Identity | None, lift_finds: int = LIFT_FINDS) -> None:
+        """Put a card on the reader (``None`` takes it away); a card already there is lifted
+        first, and stays away ``lift_finds`` looks (1: a quick swap, one look sees no card)."""
         with self._lock:
             if self._card is not None:
-                self._away = LIFT_FINDS
+                self._away = lift_finds
             self._card = identity
 
     def inject(self, fault: Fault) -> None:
@@ -149,9 +150,10 @@ class SamReaderSimulator:
         if not self.sam_ok:
             return Reply(SW_SAM_FAULT)
         with self._lock:
+            away = self._away  # this look is one of the ``lift_finds`` that see no card
             if code == FIND_CARD and self._away:
                 self._away -= 1
-            card = None if self._away else self._card
+            card = None if away else self._card
         if code == SAM_STATUS:
             return Reply(SW_OK)
         if code == SAM_ID:
