@@ -7,6 +7,7 @@ tests/pcsc_harness.py (one per machine, so never in parallel).
 from __future__ import annotations
 
 import sys
+import logging
 import threading
 import time
 from typing import Any, Iterator
@@ -209,3 +210,19 @@ def test_sim_reader_rejects_bad_commands(action: str, args: list[str], message: 
     sim.start()
     with pytest.raises(SimulationError, match=message):
         sim.simulate(action, args)
+
+
+@pytest.mark.pcsc
+def test_the_log_says_ok_when_it_works_and_stopped_only_when_stopped(pcscd: Pcscd, make_reader: Any,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """It logged "stopped" at every start and never "ok", though it worked."""
+    pcscd.ensure_running()
+    caplog.set_level(logging.INFO, logger="examroom.drivers")
+    driver, rec = make_reader()
+    driver.start()
+    rec.wait_for(DeviceStateChanged, state=OK)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("door-reader: ")]
+    assert said == ["door-reader: ok"]
+    driver.stop()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("door-reader: ")]
+    assert said == ["door-reader: ok", "door-reader: stopped"]
