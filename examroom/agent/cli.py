@@ -88,6 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = _preflight(cfg, as_service=True)  # run is the service user: no allowance for another one
     level = args.log_level or cfg.log["level"]
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in cfg.warnings:
+        logging.getLogger("examroom.agent.config").warning("%s", warning)
     return run_agent(cfg, plan)
 
 
@@ -97,6 +99,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     devices = ", ".join(f"{d.name} ({d.kind}/{d.backend})" for d in cfg.devices) or "none"
     print(f"{args.config}: OK — room {cfg.room['id']} of site {cfg.site['id']}, "
           f"topics under {cfg.base_topic}/, devices: {devices}")
+    for warning in cfg.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if cfg.schedule is not None:
         print(f"  exam sessions: {len(cfg.exams)}")
     if plan is not None:

@@ -8,6 +8,7 @@ plan can travel together.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import re
@@ -75,6 +76,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
         "reconnect_min_s": Option((int, float), default=0.5, check=_positive, expected="> 0 seconds"),
         "reconnect_max_s": Option((int, float), default=30.0, check=_positive, expected="> 0 seconds"),
         "inflight": Option(int, default=100, check=lambda v: 1 <= v <= 1000, expected="1-1000 messages"),
+        "allow_insecure": Option(bool, default=False,
+                                 help="send the username/password without TLS (a lab broker only)"),
     },
     "spool": {
         "path": Option(str, default="/var/lib/examroom/spool.db", path=True),
@@ -128,6 +131,7 @@ class Config:
     exams: tuple[dict[str, Any], ...] = ()
     schedule: Any = None  # agent.schedule.Schedule when [[exam]] tables are given
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    warnings: tuple[str, ...] = ()  # not errors: said by check-config and logged by run
 
     def __getattr__(self, name: str) -> Any:
         # config.mqtt["port"] reads better than config.sections["mqtt"]["port"]
@@ -301,6 +305,7 @@ def parse(text: str, file: str) -> Config:
             problems.append(Problem(file, f"mqtt.{key}", "expected an existing file", mq[key]))
     if not problems:
         problems.extend(_check_tls(mq, file))
+    problems.extend(_check_cleartext(mq, file))
     devices = _check_devices(raw.get("device", []), file, base_dir, problems)
     exams = raw.get("exam", [])
     schedule = None
@@ -314,7 +319,37 @@ def parse(text: str, file: str) -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(file=file, sections=sections, devices=tuple(devices),
-                  exams=tuple(exams), schedule=schedule, raw=raw)
+                  exams=tuple(exams), schedule=schedule, raw=raw, warnings=tuple(_warnings(mq, file)))
+
+
+def _tls(mq: dict[str, Any]) -> bool:
+    return bool(mq.get("tls_ca") or mq.get("tls_cert"))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_cleartext(mq: dict[str, Any], file: str) -> list[Problem]:
+    """A password never travels in clear: without TLS anyone on the site LAN reads it, and
+    with it acts as the room."""
+    if (mq.get("username") or mq.get("password")) and not _tls(mq) and not mq.get("allow_insecure"):
+        return [Problem(file, "mqtt.password" if mq.get("password") else "mqtt.username",
+                        "a username/password without TLS would be sent in clear text; set tls_ca "
+                        "(and the room's certificate), or allow_insecure = true for a lab broker")]
+    return []
+
+
+def _warnings(mq: dict[str, Any], file: str) -> list[str]:
+    if not _tls(mq) and not _loopback(str(mq.get("host", ""))):
+        return [f"{file}: mqtt: the broker {mq.get('host')} is not on this box and the link has no TLS: "
+                "events and commands cross the network readable and forgeable"]
+    return []
 
 
 def load(path: str | Path) -> Config:

@@ -1,0 +1,37 @@
+"""Security in the config: credentials never travel in clear, and a warning for a bare link."""
+from __future__ import annotations
+
+import pytest
+
+from examroom.agent.config import parse
+from examroom.agent.errors import ConfigError
+
+BASE = """schema_version = 1
+[site]
+id = "site01"
+[room]
+id = "room101"
+[mqtt]
+host = "{host}"
+{extra}
+"""
+
+
+def test_a_password_without_tls_is_refused_unless_allowed():
+    with pytest.raises(ConfigError) as e:
+        parse(BASE.format(host="10.20.0.2", extra='username = "room101"\npassword = "s3cret"'), "agent.toml")
+    [p] = e.value.problems
+    assert p.key == "mqtt.password" and "clear text" in p.message and "allow_insecure" in p.message
+    assert "s3cret" not in str(e.value)  # the password itself is never echoed
+    cfg = parse(BASE.format(host="10.20.0.2", extra='username = "u"\npassword = "p"\nallow_insecure = true'),
+                "agent.toml")
+    assert cfg.mqtt["allow_insecure"] is True
+
+
+@pytest.mark.parametrize("host,warned", [("10.20.0.2", True), ("broker.site", True), ("127.0.0.1", False),
+                                         ("::1", False), ("localhost", False)])
+def test_a_non_tls_broker_off_the_box_is_warned_about(host, warned):
+    cfg = parse(BASE.format(host=host, extra=""), "agent.toml")
+    assert bool(cfg.warnings) is warned
+    if warned:
+        assert "no TLS" in cfg.warnings[0] and host in cfg.warnings[0]
