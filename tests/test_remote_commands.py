@@ -120,3 +120,11 @@ def test_a_retained_command_on_the_broker_does_not_run_when_the_agent_connects(m
     notes = [m.json["data"]["text"] for m in watcher.messages if m.topic == TOPICS.event("note")]
     assert notes == ["marker"]
     assert not [m for m in watcher.messages if m.topic == TOPICS.reply("note")]
+
+
+def test_a_response_topic_outside_the_rooms_reply_tree_is_refused_by_the_room():
+    desk = Desk()
+    desk.send("ping", b'{"id": "spoof"}', ResponseTopic="exam/site01/room102/status")
+    [reply] = desk.wait_replies(1)
+    assert desk.replies[0][0] == TOPICS.reply("ping")  # answered where the room may write
+    assert reply["ok"] is False and "outside" in reply["error"] and reply["request_id"] == "spoof"

@@ -35,3 +35,16 @@ def test_a_non_tls_broker_off_the_box_is_warned_about(host, warned):
     assert bool(cfg.warnings) is warned
     if warned:
         assert "no TLS" in cfg.warnings[0] and host in cfg.warnings[0]
+
+
+def test_a_control_socket_in_a_world_writable_directory_is_a_config_error(tmp_path):
+    from examroom.agent.config import check_paths
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    cfg = parse(BASE.format(host="127.0.0.1", extra="") +
+                f'[spool]\npath = "{tmp_path}/spool.db"\n[control]\nsocket = "{shared}/agent.sock"\n', "agent.toml")
+    [p] = check_paths(cfg, as_service=True)
+    assert p.key == "control.socket" and "world-writable" in p.message
+    shared.chmod(0o750)
+    assert check_paths(cfg, as_service=True) == []

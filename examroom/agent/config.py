@@ -405,11 +405,24 @@ def check_paths(cfg: Config, *, as_service: bool) -> list[Problem]:
     problems = []
     for key, value, is_dir in written_paths(cfg):
         message = _path_problem(Path(value).absolute(), is_dir, as_service)
-        if message is None and key == "control.socket" and len(os.fsencode(value)) > SOCKET_PATH_MAX:
-            message = f"expected a path of at most {SOCKET_PATH_MAX} bytes (a Unix socket's limit)"
+        if message is None and key == "control.socket":
+            message = _socket_problem(Path(value))
         if message is not None:
             problems.append(Problem(cfg.file, key, message, value))
     return problems
+
+
+def _socket_problem(path: Path) -> str | None:
+    if len(os.fsencode(str(path))) > SOCKET_PATH_MAX:
+        return f"expected a path of at most {SOCKET_PATH_MAX} bytes (a Unix socket's limit)"
+    try:
+        mode = path.parent.stat().st_mode
+    except OSError:
+        return None  # made by the agent (or systemd's RuntimeDirectory=) with its own mode
+    if mode & stat.S_IWOTH:
+        return ("expected a directory only the service can write (e.g. /run/examroom): in a "
+                "world-writable one any user could put a socket of their own there for the CLI to trust")
+    return None
 
 
 def _path_problem(path: Path, is_dir: bool, as_service: bool) -> str | None:

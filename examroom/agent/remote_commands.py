@@ -131,6 +131,12 @@ class RemoteCommands:
             self._answer(req, {"ok": False, "error": "retained command refused: clear the retained message; "
                                                      "a command runs once, when it is sent"})
             return
+        if req.response_topic is not None and not req.response_topic.startswith(self._topics.reply_tree):
+            # the broker's ACL refuses it too; the room says so itself and answers where it may
+            log.warning("MQTT command %s: response topic %r is outside %s; replying on %s", req.name,
+                        req.response_topic, self._topics.reply_tree, self._topics.reply(req.name))
+            req.response_topic = None
+            req.error = req.error or f"response topic outside this room's {self._topics.reply_tree} tree"
         if req.error is None and req.name not in REMOTE:
             req.error = f"command {req.name!r} is not accepted over MQTT; accepted: {', '.join(sorted(REMOTE))}"
         if req.error is not None:
