@@ -116,11 +116,11 @@ def make(plan, schedule, emitted, clock, tmp_path):
     return build
 
 
-def station(plan, schedule, emit, clock, record_dir, snapshot=None, journal=None) -> CheckinStation:
+def station(plan, schedule, emit, clock, record_dir, snapshot=None, journal=None, roster=()) -> CheckinStation:
     """A station on its own session book, as the room wires them (the book is not started)."""
     scrub = Scrubber(c.name for c in plan.candidates)
     return CheckinStation(SessionBook(schedule, plan, emit, clock, record_dir, scrub, journal), clock, scrub,
-                          snapshot=snapshot)
+                          snapshot=snapshot, roster=roster)
 
 
 def card(seat=None, id_number=None, valid_to="20300101"):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import socket
 import stat
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from examroom.agent.commands import Commands
+from examroom.agent.exam_lock import ExamLock
 from examroom.agent.photos import Photos
 from examroom.agent.trial_reports import TrialReports
 from examroom.agent.config import DeviceConfig
@@ -99,8 +101,10 @@ def client(server: ControlServer):
 
 def test_dispatch_without_a_socket() -> None:
     assert dispatch(HANDLERS, b'{"cmd": "ping"}\n') == {"ok": True, "pong": True}
-    assert dispatch(HANDLERS, b'{"cmd": "echo", "args": {"a": 1}}') == {"ok": True, "args": {"a": 1}}
-    assert dispatch(HANDLERS, b'{"cmd": "echo", "args": null}') == {"ok": True, "args": {}}
+    assert dispatch(HANDLERS, b'{"cmd": "echo", "args": {"a": 1}}') == {"ok": True, "args": {"a": 1, "_caller": "unknown"}}
+    assert dispatch(HANDLERS, b'{"cmd": "echo", "args": null}', "alice") == {"ok": True, "args": {"_caller": "alice"}}
+    # who is asking is the server's to say, never the request's
+    assert dispatch(HANDLERS, b'{"cmd": "echo", "args": {"_caller": "root"}}', "mallory")["args"] == {"_caller": "mallory"}
     assert dispatch(HANDLERS, b"\xff\xfe") == {"ok": False, "error": "request is not JSON"}
     assert dispatch(HANDLERS, b"[1, 2]")["error"].startswith("expected {")
     assert dispatch(HANDLERS, b'{"cmd": 5}')["error"].startswith("expected {")
@@ -111,7 +115,9 @@ def test_dispatch_without_a_socket() -> None:
 
 def test_ok_reply(server: ControlServer) -> None:
     assert call(server.path, "ping") == {"ok": True, "pong": True}
-    assert call(server.path, "echo", text="考场 note", n=3) == {"ok": True, "args": {"text": "考场 note", "n": 3}}
+    me = pwd.getpwuid(os.getuid()).pw_name  # the kernel's word for who is on the socket (SO_PEERCRED)
+    assert call(server.path, "echo", text="考场 note", n=3) == {"ok": True, "args": {"text": "考场 note", "n": 3,
+                                                                                      "_caller": me}}
 
 
 def test_unknown_command_lists_known(server: ControlServer) -> None:
@@ -133,7 +139,7 @@ def test_non_json_line_then_server_still_serves(client: Client) -> None:
 
 def test_several_requests_on_one_connection(client: Client) -> None:
     for i in range(5):
-        assert client.send(json.dumps({"cmd": "echo", "args": {"i": i}}).encode() + b"\n")["args"] == {"i": i}
+        assert client.send(json.dumps({"cmd": "echo", "args": {"i": i}}).encode() + b"\n")["args"]["i"] == i
 
 
 def test_args_not_an_object(client: Client) -> None:
@@ -319,7 +325,7 @@ def test_cli_note_reaches_daemon(config_without_daemon) -> None:
         srv.stop()
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "note recorded as event seq 42"
-    assert got == [{"text": "seat 12 empty", "author": "proctor1"}]
+    assert got == [{"text": "seat 12 empty", "author": "proctor1", "_caller": pwd.getpwuid(os.getuid()).pw_name}]
 
 
 def test_cli_error_reply_exits_1(config_without_daemon) -> None:
@@ -365,7 +371,8 @@ def test_sim_card_routes_by_what_the_word_is_not_its_length(sockdir: Path, sim_d
 
     sim_devices.bus.subscribe(CardPresented, on_card)
     commands = Commands(emit=lambda k, d: None, clock=time.time, devices=sim_devices, status=dict, scrub=str,
-                        schedule=None, station=lambda: None, photos=Photos(sim_devices, lambda k, d: None, []),
+                        lock=ExamLock(None, time.time, lambda k, d: None, str), station=lambda: None,
+                        photos=Photos(sim_devices, lambda k, d: None, []),
                         trials=TrialReports(sockdir, "room101", lambda k, d: None, time.time, lambda i: None))
     srv = ControlServer(str(sockdir / "agent.sock"), commands.table)
     srv.start()

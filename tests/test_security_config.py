@@ -48,3 +48,14 @@ def test_a_control_socket_in_a_world_writable_directory_is_a_config_error(tmp_pa
     assert p.key == "control.socket" and "world-writable" in p.message
     shared.chmod(0o750)
     assert check_paths(cfg, as_service=True) == []
+
+
+def test_a_proctor_roster_is_checked_and_one_id_given_twice_is_refused():
+    roster = ('\n[[proctor]]\nid = "P01"\nname = "监考甲"\nunit = "一中"\n'
+              '[[proctor]]\nid = "P02"\nname = "监考乙"\nunit = "二中"\n')
+    cfg = parse(BASE.format(host="127.0.0.1", extra="") + roster, "agent.toml")
+    assert [p["id"] for p in cfg.proctors] == ["P01", "P02"]
+    with pytest.raises(ConfigError) as e:
+        parse(BASE.format(host="127.0.0.1", extra="") + roster + '[[proctor]]\nid = "p01"\nname = "x"\nunit = "y"\n',
+              "agent.toml")
+    assert [p.key for p in e.value.problems] == ["proctor[2].id"]

@@ -201,8 +201,11 @@ end = {at(60)}
 listening = [{{ start = {at(-1)}, end = {at(20)} }}]
 """).start()
     r = selftest(agent, "broadcast", "--yes")
-    assert r.returncode == 1 and "a listening window is on" in r.stderr, (r.stdout, r.stderr)
+    assert r.returncode == 1 and "refused" in r.stderr and "is open" in r.stderr, (r.stdout, r.stderr)
     assert selftest(agent, "broadcast").returncode == 0  # nothing acted on: allowed
+    r = selftest(agent, "broadcast", "--yes", "--force", "relay suspected stuck, checked with the chief")
+    assert r.returncode == 0, (r.stdout, r.stderr)  # forced through the lock: on the record
+    assert "FORCED during an open session: selftest acting on outputs" in agent.logs()
     agent.terminate()
     r = selftest(agent, "broadcast", "--yes", "--offline")
-    assert r.returncode == 1 and "a listening window is on" in r.stderr, (r.stdout, r.stderr)
+    assert r.returncode == 1 and "is open" in r.stderr, (r.stdout, r.stderr)

@@ -98,6 +98,31 @@ def test_suspect_needs_two_different_proctors(make, emitted):
         st.confirm(4, "P3")
 
 
+def test_one_proctor_typing_their_id_two_ways_is_still_one_proctor(make):
+    """P03 then p03, or full-width Ｐ01 then P01, counted as two proctors."""
+    st = make()
+    for first, again in (("P03", "p03"), ("Ｐ01", "P01"), ("P 07", "p07")):
+        seat = {"P03": 3, "Ｐ01": 4, "P 07": 5}[first]
+        st.mark_suspect(seat, "X9", "no photo match")
+        st.confirm(seat, first)
+        with pytest.raises(SameProctor):
+            st.confirm(seat, again)
+
+
+def test_with_a_roster_only_roster_ids_sign_and_as_the_roster_spells_them(plan, schedule, emitted, clock, tmp_path):
+    st = station(plan, schedule, lambda k, d: emitted.append((k, d)), clock, tmp_path, roster=["P01", "P02"])
+    st.book.start()
+    with pytest.raises(CheckinError, match="not on this room's proctor roster"):
+        st.mark_suspect(3, "P09", "no photo match")
+    assert st.mark_suspect(3, "p01", "no photo match", by="alice")["proctor"] == "P01"
+    assert st.confirm(3, "Ｐ０１")["confirmations"] == 1
+    with pytest.raises(SameProctor):
+        st.confirm(3, "P01")
+    a = st.confirm(3, "p02 ", by="bob")
+    assert a["verdict"] == "admitted" and a["proctors"] == ["P01", "P02"] and a["by"] == "bob"
+    assert [d["by"] for k, d in emitted if k == "suspect_confirm"] == ["unknown", "bob"]
+
+
 def test_a_signature_holding_a_name_or_an_id_is_refused_not_rewritten(make, emitted):
     """Rewritten to ***, two proctors who signed with names would count as one."""
     st = make()

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable
+import unicodedata
+from typing import Any, Callable, Iterable
 
 from examroom.agent.checkin_errors import AmbiguousCandidate, CheckinError, SameProctor, UnknownSeat
 from examroom.agent.schedule import Schedule, Session
@@ -46,9 +47,16 @@ Snapshot = Callable[[str, dict[str, Any]], None]  # (tag, about): fire and forge
 REQUIRED_CONFIRMATIONS = 2
 
 
+def same_signature(signature: str) -> str:
+    """What makes two signatures one proctor: compared after NFKC (full-width Ｐ01 is P01),
+    case folding (p03 is P03) and without whitespace, so one proctor cannot confirm twice
+    by typing their id two ways."""
+    return "".join(unicodedata.normalize("NFKC", signature).casefold().split())
+
+
 class CheckinStation:
     def __init__(self, book: SessionBook, clock: Callable[[], float], scrub: Callable[[str], str],
-                 snapshot: Snapshot | None = None) -> None:
+                 snapshot: Snapshot | None = None, roster: Iterable[str] = ()) -> None:
         self.book = book  # the record this station writes: the room's one session book
         self._plan: SeatPlan = book.plan
         self._schedule: Schedule = book.schedule
@@ -57,6 +65,7 @@ class CheckinStation:
         self._snapshot = snapshot
         self._lock = book.lock  # one lock for the decision and its record
         self.sweeps = SweepLog(book, clock)
+        self._roster = {same_signature(r): r for r in roster}  # the room's proctor ids, if configured
 
     def _now(self) -> tuple[float, Session | None, Phase]:
         now = self._clock()
@@ -172,13 +181,20 @@ class CheckinStation:
     def _proctor(self, proctor: str) -> str:
         """A signature goes on the record and to the aggregator as typed, so one that holds a
         candidate's name or a full ID number is refused, not rewritten: scrubbed, two proctors
-        signing with names would both read *** and count as one."""
+        signing with names would both read *** and count as one. With a roster, only a roster
+        id signs, and it is recorded as the roster spells it."""
         p = (proctor or "").strip()
         if not p:
             raise CheckinError("proctor: expected who is doing this (it is signed on the record)")
         if self.scrub(p) != p:
             raise CheckinError("proctor: the signature contains a candidate's name or an ID number, "
                                "which may not leave the room; sign with your staff number or initials")
+        if self._roster:
+            rostered = self._roster.get(same_signature(p))
+            if rostered is None:
+                raise CheckinError(f"proctor: {p!r} is not on this room's proctor roster; "
+                                   f"sign with your roster id ({', '.join(sorted(self._roster.values()))})")
+            return rostered
         return p
 
     def _open_session(self, now: float) -> tuple[Session, Phase]:
@@ -188,16 +204,16 @@ class CheckinStation:
         return session, phase
 
     def manual_admit(self, seat: Any = None, id_last6: str | None = None, proctor: str = "",
-                     ticket_tail: str | None = None) -> dict[str, Any]:
+                     ticket_tail: str | None = None, by: str = "unknown") -> dict[str, Any]:
         """Admission when no card can be read; window and late rules still apply."""
         with self._lock:
             who = self._proctor(proctor)
             cand = self._find(seat, id_last6, ticket_tail)
             now, session, phase = self._now()
             via = Lookup.SEAT if seat not in (None, "") else Lookup.ID_LAST6 if id_last6 else Lookup.TICKET_TAIL
-            return self._admit(cand, session, phase, now, Method.MANUAL, "manual", proctor=who, lookup=via)
+            return self._admit(cand, session, phase, now, Method.MANUAL, "manual", proctor=who, lookup=via, by=by)
 
-    def mark_suspect(self, seat: Any, proctor: str, reason: str) -> dict[str, Any]:
+    def mark_suspect(self, seat: Any, proctor: str, reason: str, by: str = "unknown") -> dict[str, Any]:
         """存疑: photographed and held until two different proctors confirm."""
         with self._lock:
             who = self._proctor(proctor)
@@ -210,9 +226,9 @@ class CheckinStation:
             if status == SeatStatus.ABSENT and phase == Phase.CUTOFF_PASSED:
                 raise CheckinError(f"seat {cand.seat}: the late cutoff has passed")
             return self._checkin(Verdict.SUSPECT, session, now, Method.MANUAL, "manual", cand, proctor=who,
-                                 reason=self.scrub(reason))
+                                 reason=self.scrub(reason), by=by)
 
-    def confirm(self, seat: Any, proctor: str) -> dict[str, Any]:
+    def confirm(self, seat: Any, proctor: str, by: str = "unknown") -> dict[str, Any]:
         """One proctor's signature; the second, from another proctor, admits the candidate."""
         with self._lock:
             who = self._proctor(proctor)
@@ -222,21 +238,21 @@ class CheckinStation:
             st = self.book.observe(session).seat(cand.seat)
             if st.status != SeatStatus.SUSPECT:
                 raise CheckinError(f"seat {cand.seat} is not marked suspect (status {st.status})")
-            if who in st.confirmations:
+            if same_signature(who) in {same_signature(c) for c in st.confirmations}:
                 raise SameProctor(f"seat {cand.seat}: {who} has already confirmed; "
                                   "a second, different proctor must confirm")
             proctors = [*st.confirmations, who]
             data = {"session": session.id, "seat": cand.seat, "proctor": who, "time": now,
                     "confirmations": len(proctors), "required": REQUIRED_CONFIRMATIONS,
-                    "passed": len(proctors) >= REQUIRED_CONFIRMATIONS}
+                    "passed": len(proctors) >= REQUIRED_CONFIRMATIONS, "by": by}
             self.book.publish(session.id, EventKind.SUSPECT_CONFIRM, data)
             if data["passed"]:  # a candidate doubted after being swept in the room is not swept again
                 return self._checkin(Verdict.ADMITTED, session, now, Method.MANUAL, "manual", cand, reentry=False,
                                      sweep_required=st.before_suspect != SeatStatus.ADMITTED,
-                                     proctors=proctors, lookup=Lookup.SUSPECT_CONFIRM)
+                                     proctors=proctors, lookup=Lookup.SUSPECT_CONFIRM, by=by)
             return data
 
-    def leave(self, seat: Any) -> dict[str, Any]:
+    def leave(self, seat: Any, by: str = "unknown") -> dict[str, Any]:
         """The candidate goes out; coming back is a new check (card or manual) and a new sweep."""
         with self._lock:
             cand = self._find(seat)
@@ -249,7 +265,7 @@ class CheckinStation:
             pending = state.pending_for(cand.seat)
             if pending is not None:
                 self.sweeps.close(session, pending, now, "manual", SweepResult.LEFT_BEFORE_CLEAR)
-            return self._checkin(Verdict.LEFT, session, now, Method.MANUAL, "manual", cand)
+            return self._checkin(Verdict.LEFT, session, now, Method.MANUAL, "manual", cand, by=by)
 
     # -- status ------------------------------------------------------------------------------
 

@@ -148,6 +148,25 @@ def cmd_note(args: argparse.Namespace) -> int:
     return _reply(resp, f"note recorded as event seq {resp.get('seq')}")
 
 
+def cmd_exam_lock(args: argparse.Namespace) -> int:
+    """For install.sh and people: 0 = nothing open, safe to restart; 1 = an entry or listening
+    window is open (why on stdout); 3 = no agent answers (nothing running to disturb)."""
+    from examroom.agent.control import AgentUnreachable
+
+    try:
+        resp = _call(args, "exam_lock", timeout=10.0)
+    except AgentUnreachable as e:
+        print(f"no agent answers: {e}", file=sys.stderr)
+        return 3
+    if not resp.get("ok"):
+        return _reply(resp)
+    if resp["locked"]:
+        print(f"locked: {resp['why']}")
+        return 1
+    print("not locked: no entry or listening window is open")
+    return 0
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     return _reply(_call(args, "sim", words=args.words))
 
@@ -197,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--author")
     sp.set_defaults(fn=cmd_note)
     selftest_cli.add_command(sub, with_config)
+    sp = with_config(sub.add_parser("exam-lock", help="is an entry or listening window open? (exit 1 if so)"))
+    sp.set_defaults(fn=cmd_exam_lock)
     sp = with_config(sub.add_parser("sim", help="act out hardware on simulated devices",
                                     description="e.g. sim card 410105199001011234 | sim alarm on | "
                                                 "sim button clear | sim audio silence | sim camera black"))

@@ -174,9 +174,12 @@ def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callabl
     def switch_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("source", choices=["primary", "backup"])
         sp.add_argument("--device")
+        sp.add_argument("--force", metavar="REASON",
+                        help="switch even while an entry or listening window is open (recorded)")
 
     leaf(aus, "switch", "switch the relay to the primary or backup source", "audio_switch",
-         lambda a: {"source": a.source, "device": a.device}, switch_args, switch_text)
+         lambda a: {"source": a.source, "device": a.device,
+                    **({"force": True, "reason": a.force} if a.force else {})}, switch_args, switch_text)
 
     def trial_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("seconds", type=float, nargs="?", default=10.0)

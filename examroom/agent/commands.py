@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from examroom.agent.checkin import CheckinStation
-from examroom.agent.control import Handler, RequestError
+from examroom.agent.control import CALLER, Handler, RequestError
 from examroom.agent.devices import Devices, selftest_verdict
+from examroom.agent.exam_lock import ExamLock
 from examroom.agent.photos import Photos
-from examroom.agent.schedule import Schedule
 from examroom.agent.trial_reports import TrialReports
 from examroom.contract.vocabulary import EventKind, SwitchReason
 from examroom.drivers.base import Driver
@@ -38,6 +38,7 @@ WHERE: dict[str, frozenset[str]] = {
     "checkin_confirm": frozenset({LOCAL}),
     "checkin_leave": frozenset({LOCAL}),
     "checkin_state": frozenset({LOCAL}),
+    "exam_lock": frozenset({LOCAL, SITE}),
 }
 REMOTE = frozenset(name for name, where in WHERE.items() if SITE in where)
 MAX_NOTE = 2000
@@ -66,14 +67,16 @@ def _arg(args: dict[str, Any], key: str, required: bool = True) -> str | None:
 class Commands:
     def __init__(self, *, emit: Emit, clock: Callable[[], float], devices: Devices,
                  status: Callable[[], dict[str, Any]], scrub: Callable[[str], str],
-                 schedule: Schedule | None, station: Callable[[], CheckinStation | None],
-                 photos: Photos, trials: TrialReports) -> None:
+                 lock: ExamLock, station: Callable[[], CheckinStation | None],
+                 photos: Photos, trials: TrialReports,
+                 switch_by: Callable[[str, str], None] = lambda device, by: None) -> None:
         self._emit = emit
         self._clock = clock
         self._devices = devices
         self._status = status
         self._scrub = scrub
-        self._schedule = schedule
+        self._lock = lock
+        self._switch_by = switch_by  # tells the audio watch who asked, for the audio_switch event
         self._station = station  # the room's, once it started (None: no seat plan)
         self._photos = photos
         self._trials = trials
@@ -81,7 +84,8 @@ class Commands:
             "ping": self.ping, "status": self.status, "note": self.note, "selftest": self.selftest,
             "snapshot": self.snapshot, "audio_switch": self.audio_switch, "trial_listening": self.trial,
             "sim": self.sim, "checkin_admit": self.admit, "checkin_suspect": self.suspect,
-            "checkin_confirm": self.confirm, "checkin_leave": self.leave, "checkin_state": self.checkin_state}
+            "checkin_confirm": self.confirm, "checkin_leave": self.leave, "checkin_state": self.checkin_state,
+            "exam_lock": self.exam_lock}
         assert set(self.table) == set(WHERE), "every command is listed in WHERE, and only those"
 
     # -- the box ------------------------------------------------------------
@@ -96,6 +100,7 @@ class Commands:
         data = {"text": self._scrub(_text(args, "text", MAX_NOTE))}
         if args.get("author"):
             data["author"] = self._scrub(_text(args, "author", 100))
+        data["by"] = _by(args)
         ev = self._emit(EventKind.NOTE, data)
         return {"id": ev.id, "seq": ev.seq}
 
@@ -110,9 +115,8 @@ class Commands:
             raise RequestError("'act' must be true, false or absent")
         if not isinstance(allow_absent, bool):
             raise RequestError("'allow_absent' must be true or false")
-        if act and self._schedule is not None and self._schedule.listening_at(self._clock()) is not None:
-            raise RequestError("a listening window is on: the self-test will not switch the relay "
-                               "or play a tone now; run it without acting on outputs")
+        if act:  # a relay click or a test tone in a room of candidates
+            self._lock.check("selftest acting on outputs (relay switch, test tone)", args, _by(args))
         results = [r.as_dict() for r in self._devices.selftest(names, act)]
         verdict = selftest_verdict(results, allow_absent)
         self._emit(EventKind.SELFTEST, {"ok": verdict["passed"], "results": results, "act": act,
@@ -120,11 +124,20 @@ class Commands:
         return {**verdict, "results": results, "act": act}
 
     def snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self._photos.take(_arg(args, "tag", False) or "command")
+        tag = _arg(args, "tag", False) or "command"
+        if self._scrub(tag) != tag:  # the tag names the published file
+            raise RequestError("'tag' holds an ID number or a candidate's name, which may not leave the room")
+        return self._photos.take(tag)
 
     def audio_switch(self, args: dict[str, Any]) -> dict[str, Any]:
         source = _arg(args, "source")
-        return self._audio_device(_arg(args, "device", False)).switch_source(source, SwitchReason.COMMAND)
+        drv = self._audio_device(_arg(args, "device", False))
+        self._lock.check(f"audio_switch to {source}", args, _by(args))
+        self._switch_by(drv.name, _by(args))
+        return drv.switch_source(source, SwitchReason.COMMAND)
+
+    def exam_lock(self, _args: dict[str, Any]) -> dict[str, Any]:
+        return self._lock.state()
 
     def trial(self, args: dict[str, Any]) -> dict[str, Any]:
         seconds = args.get("seconds", 10)
@@ -177,20 +190,25 @@ class Commands:
     def admit(self, args: dict[str, Any]) -> dict[str, Any]:
         return self._need_station().manual_admit(
             seat=_arg(args, "seat", False), id_last6=_arg(args, "id_last6", False),
-            ticket_tail=_arg(args, "ticket_tail", False), proctor=_arg(args, "proctor"))
+            ticket_tail=_arg(args, "ticket_tail", False), proctor=_arg(args, "proctor"), by=_by(args))
 
     def suspect(self, args: dict[str, Any]) -> dict[str, Any]:
         return self._need_station().mark_suspect(_arg(args, "seat"), _arg(args, "proctor"),
-                                                 _arg(args, "reason", False) or "")
+                                                 _arg(args, "reason", False) or "", by=_by(args))
 
     def confirm(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self._need_station().confirm(_arg(args, "seat"), _arg(args, "proctor"))
+        return self._need_station().confirm(_arg(args, "seat"), _arg(args, "proctor"), by=_by(args))
 
     def leave(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self._need_station().leave(_arg(args, "seat"))
+        return self._need_station().leave(_arg(args, "seat"), by=_by(args))
 
     def checkin_state(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self._need_station().state()
+
+
+def _by(args: dict[str, Any]) -> str:
+    """Who asked: the Unix user on the control socket (SO_PEERCRED), or the site over MQTT."""
+    return str(args.get(CALLER) or "unknown")
 
 
 def _first(sims: list[Driver], kind: str, target: str) -> Driver:

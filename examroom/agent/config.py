@@ -14,6 +14,7 @@ import pwd
 import re
 import stat
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
     },
 }
 
-_ARRAYS = {"device", "exam"}
+_ARRAYS = {"device", "exam", "proctor"}
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ class Config:
     schedule: Any = None  # agent.schedule.Schedule when [[exam]] tables are given
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()  # not errors: said by check-config and logged by run
+    proctors: tuple[dict[str, str], ...] = ()  # the room's proctor roster ([[proctor]]), if any
 
     def __getattr__(self, name: str) -> Any:
         # config.mqtt["port"] reads better than config.sections["mqtt"]["port"]
@@ -307,6 +309,7 @@ def parse(text: str, file: str) -> Config:
         problems.extend(_check_tls(mq, file))
     problems.extend(_check_cleartext(mq, file))
     devices = _check_devices(raw.get("device", []), file, base_dir, problems)
+    proctors = _check_proctors(raw.get("proctor", []), file, problems)
     exams = raw.get("exam", [])
     schedule = None
     if exams:
@@ -319,7 +322,36 @@ def parse(text: str, file: str) -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(file=file, sections=sections, devices=tuple(devices),
-                  exams=tuple(exams), schedule=schedule, raw=raw, warnings=tuple(_warnings(mq, file)))
+                  exams=tuple(exams), schedule=schedule, raw=raw, warnings=tuple(_warnings(mq, file)),
+                  proctors=tuple(proctors))
+
+
+PROCTOR = {"id": Option(str, required=True, check=_topic_safe, expected="1-64 of [A-Za-z0-9_-] (a staff number)",
+                        help="what the proctor signs with; the only thing of theirs that leaves the room"),
+           "name": Option(str, required=True, check=lambda v: bool(v.strip()), expected="a non-empty name"),
+           "unit": Option(str, required=True, check=lambda v: bool(v.strip()), expected="the proctor's work unit")}
+
+
+def _check_proctors(tables: Any, file: str, problems: list[Problem]) -> list[dict[str, str]]:
+    """The roster: when given, only its ids sign check-in decisions, two signatures are two
+    entries. Ids are compared as checkin.same_signature does (P01 = p01 = Ｐ01)."""
+    if not isinstance(tables, list):
+        problems.append(Problem(file, "proctor", "expected [[proctor]] tables"))
+        return []
+    out, seen = [], {}
+    for i, table in enumerate(tables):
+        before = len(problems)
+        row = check_table(table, PROCTOR, file, f"proctor[{i}]", Path("."), problems)
+        if len(problems) > before:
+            continue
+        key = "".join(unicodedata.normalize("NFKC", row["id"]).casefold().split())
+        if key in seen:
+            problems.append(Problem(file, f"proctor[{i}].id", f"the same id as proctor[{seen[key]}]; "
+                                    "expected each proctor once", row["id"]))
+            continue
+        seen[key] = i
+        out.append(row)
+    return out
 
 
 def _tls(mq: dict[str, Any]) -> bool:

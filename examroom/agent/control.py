@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import socket
 import socketserver
 import stat
@@ -48,8 +49,13 @@ class AgentNotAnswering(AgentUnreachable):
     ours. Never taken for "not running": its socket is not to be taken over."""
 
 
-def dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:
-    """Run one request line; every failure becomes an error reply, never an exception."""
+CALLER = "_caller"  # the argument the server sets to who is asking; a client cannot set it
+
+
+def dispatch(handlers: dict[str, Handler], line: bytes, caller: str = "unknown") -> dict[str, Any]:
+    """Run one request line; every failure becomes an error reply, never an exception.
+    ``caller`` (the Unix user on the control socket, the site over MQTT) reaches the handler
+    as ``args["_caller"]``, whatever the request said there."""
     try:
         req = json.loads(line)
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
@@ -60,7 +66,7 @@ def dispatch(handlers: dict[str, Handler], line: bytes) -> dict[str, Any]:
         args = req.get("args") or {}
         if not isinstance(args, dict):
             raise RequestError("args must be an object")
-        return {"ok": True, **handler(args)}
+        return {"ok": True, **handler({**args, CALLER: caller})}
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {"ok": False, "error": "request is not JSON"}
     except OSError as e:  # a full disk, absent hardware: the OS's words are the answer
@@ -148,6 +154,7 @@ class ControlServer:
             timeout = IDLE_TIMEOUT_S  # an idle client must not hold a thread for ever
 
             def handle(self) -> None:
+                caller = peer_user(self.request)
                 while True:
                     try:
                         line = self.rfile.readline(MAX_REQUEST)
@@ -155,7 +162,7 @@ class ControlServer:
                         return
                     if not line:
                         return
-                    self.wfile.write(_encode(dispatch(outer.handlers, line)))
+                    self.wfile.write(_encode(dispatch(outer.handlers, line, caller)))
 
         old = os.umask(0o117)
         try:
@@ -178,6 +185,20 @@ class ControlServer:
             Path(self.path).unlink()
         except FileNotFoundError:
             pass
+
+
+def peer_user(sock: socket.socket) -> str:
+    """Who is on the other end of a Unix socket, as the kernel says (SO_PEERCRED): the user
+    name, or ``uid N`` for a uid without one. Decisions are recorded with it."""
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+    except OSError:
+        return "unknown"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _listener_pid(path: str) -> str:

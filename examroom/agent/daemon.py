@@ -26,6 +26,7 @@ from examroom.agent.config import Config
 from examroom.agent.control import ControlServer
 from examroom.agent.devices import Devices
 from examroom.agent.events import Event, iso_now
+from examroom.agent.exam_lock import ExamLock
 from examroom.agent.hostinfo import host_health
 from examroom.agent.instance import InstanceLock, StartFailed
 from examroom.agent.metrics import Metrics
@@ -66,11 +67,13 @@ class Agent:
         ck = config.checkin
         self.room = Room(config.room["id"], config.schedule, plan, ck["record_dir"], ck["journal"],
                          config.listening["auto_switch_backup"], self.bus, self.emit, clock, self.devices,
-                         self.photos)
+                         self.photos, roster=[p["id"] for p in config.proctors])
         self.commands = Commands(
             emit=self.emit, clock=clock, devices=self.devices, status=self.status, scrub=self.room.scrub,
-            schedule=config.schedule, station=lambda: self.room.station, photos=self.photos,
-            trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident))
+            lock=ExamLock(config.schedule, clock, self.emit, self.room.scrub),
+            station=lambda: self.room.station, photos=self.photos,
+            trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident),
+            switch_by=self.room.switch_by)
         self.remote = RemoteCommands(self.commands.table, self.emit, self._reply, config.topics)
         self.uplink = Uplink(config.mqtt, config.topics, self.spool, self.metrics, self._birth, self._will,
                              self.remote.on_mqtt)

@@ -13,7 +13,8 @@ from typing import Any, Callable
 
 from examroom.agent.events import iso_now
 from examroom.agent.schedule import Schedule
-from examroom.contract.vocabulary import AUDIO_LOSS_FEEDS, EventKind, Incident, IncidentPhase, IncidentType
+from examroom.contract.vocabulary import (AUDIO_LOSS_FEEDS, EventKind, Incident, IncidentPhase, IncidentType,
+                                          SwitchReason)
 from examroom.drivers.events import AudioSourceSwitched, AudioStateChanged, CameraHealth, ClockState
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class AudioWatch:
         self._lock = threading.Lock()
         self._state: dict[str, tuple[str, float]] = {}   # device -> (state, since)
         self._open: dict[str, dict[str, Any]] = {}       # device -> open incident
+        self._by: dict[str, str] = {}                     # device -> who asked for its next switch
 
     def on_state(self, ev: AudioStateChanged) -> None:
         with self._lock:
@@ -53,8 +55,17 @@ class AudioWatch:
                             "peak_dbfs": ev.peak_dbfs, "listening": listening})
         self.evaluate()
 
+    def switch_by(self, device: str, by: str) -> None:
+        with self._lock:
+            self._by[device] = by
+
     def on_switch(self, ev: AudioSourceSwitched) -> None:
-        self.emit(EventKind.AUDIO_SWITCH, {"device": ev.device, "source": ev.source, "reason": ev.reason})
+        data = {"device": ev.device, "source": ev.source, "reason": ev.reason}
+        with self._lock:
+            by = self._by.pop(ev.device, None)
+        if by is not None and ev.reason == SwitchReason.COMMAND:
+            data["by"] = by
+        self.emit(EventKind.AUDIO_SWITCH, data)
 
     def _window(self, ts: float) -> tuple[Any, Any] | None:
         return self.schedule.listening_at(ts) if self.schedule is not None else None

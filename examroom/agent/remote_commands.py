@@ -164,7 +164,7 @@ class RemoteCommands:
             # from afar, a self-test only reads: a tone or a relay click in a room full
             # of candidates needs the person in that room to say yes
             args = {**args, "act": False}
-        return dispatch(self._table, json.dumps({"cmd": req.name, "args": args}).encode())
+        return dispatch(self._table, json.dumps({"cmd": req.name, "args": args}).encode(), f"site ({req.topic})")
 
     def _answer(self, req: Request, reply: dict[str, Any]) -> None:
         """Record, then reply: the record is evidence the site's instruction arrived."""

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 class Room:
     def __init__(self, room_id: str, schedule: Schedule | None, plan: SeatPlan | None,
                  record_dir: str | Path, journal: str | Path, auto_switch_backup: bool,
-                 bus: Bus, emit: Emit, clock: Callable[[], float], devices: Devices, photos: Photos) -> None:
+                 bus: Bus, emit: Emit, clock: Callable[[], float], devices: Devices, photos: Photos,
+                 roster: list[str] | None = None) -> None:
         self._room_id = room_id
         self._schedule = schedule
         self._plan = plan
@@ -43,6 +44,7 @@ class Room:
         self._clock = clock
         self._devices = devices
         self._photos = photos
+        self._roster = roster or []
         self.scrub = Scrubber(c.name for c in plan.candidates) if plan is not None else Scrubber()
         self.book: SessionBook | None = None
         self.station: CheckinStation | None = None
@@ -60,7 +62,8 @@ class Room:
             if self._schedule is None:  # seat plans travel before the day's timetable: every card is "outside_window"
                 log.warning("seat plan loaded but no [[exam]] session configured: check-in stays closed")
             self.station = CheckinStation(self.book, self._clock, self.scrub,
-                                          snapshot=self._photos.for_checkin if self._photos.configured else None)
+                                          snapshot=self._photos.for_checkin if self._photos.configured else None,
+                                          roster=self._roster)
             self._bus.subscribe(CardPresented, self.station.on_card)
             self._bus.subscribe(MetalAlarm, self.station.sweeps.on_metal_alarm)
             self._bus.subscribe(SweepButton, self.station.sweeps.on_sweep_button)
@@ -73,6 +76,11 @@ class Room:
         self._bus.subscribe(CameraHealth, CameraWatch(self._emit).on_health)
         self._bus.subscribe(ClockState, ClockWatch(self._emit, self._clock, record).on_clock)
         self._bus.subscribe(DeviceStateChanged, self._on_device)
+
+    def switch_by(self, device: str, by: str) -> None:
+        """Who asked for the next switch of ``device``: its audio_switch event says so."""
+        if self.audio is not None:
+            self.audio.switch_by(device, by)
 
     def note_incident(self, incident: Incident) -> str | None:
         """On the record of the session it names or prepares; None when no record took it."""

@@ -86,6 +86,21 @@ class Schedule:
                 return s, s.phase(now)
         return (self.sessions[-1], Phase.ENDED) if self.sessions else (None, Phase.ENDED)
 
+    def lock_at(self, now: float) -> str | None:
+        """Why the room must not be disturbed now, in words; None when nothing is open.
+
+        Locked while a session's entry is open (entry opens -> late cutoff: candidates at the
+        door, readers and detector in use) and while a listening window is open (the
+        broadcast on the speakers)."""
+        for s in self.sessions:
+            if s.entry_opens <= now < s.cutoff:
+                return f"entry of session {s.id} is open until {s.iso(s.cutoff)}"
+        found = self.listening_at(now)
+        if found is not None:
+            session, window = found
+            return f"the listening window of session {session.id} is open until {session.iso(window.end)}"
+        return None
+
     def listening_at(self, now: float) -> tuple[Session, Window] | None:
         for s in self.sessions:
             for w in s.listening:

@@ -37,6 +37,8 @@ def add_command(sub: Any, with_config: Callable[[argparse.ArgumentParser], argpa
                     help="do the steps that act on outputs (audio relay, test tone) without asking")
     sp.add_argument("--allow-absent", action="store_true",
                     help="an absent device does not fail the self-test (it does by default)")
+    sp.add_argument("--force", metavar="REASON",
+                    help="act on outputs even while an entry or listening window is open (recorded)")
     sp.set_defaults(fn=cmd_selftest)
 
 
@@ -70,13 +72,15 @@ def cmd_selftest(args: argparse.Namespace) -> int:
                       f"devices without it: examroom-agent selftest --offline -c {args.config}", EXIT_FAILED)
     act = _confirm(chosen, args.yes)
     if args.offline:
-        if act and cfg.schedule is not None and cfg.schedule.listening_at(time.time()) is not None:
-            return _error("a listening window is on: the self-test will not switch the relay or play "
-                          "a tone now; run it without --yes", EXIT_FAILED)
+        why = cfg.schedule.lock_at(time.time()) if cfg.schedule is not None else None
+        if act and why is not None:  # no agent to record a forced action: never forced offline
+            return _error(f"{why}: the self-test will not switch the relay or play a tone now; "
+                          "run it without --yes", EXIT_FAILED)
         resp = _offline(cfg, chosen, act, args.allow_absent)
     else:
+        forced = {"force": True, "reason": args.force} if args.force else {}
         resp = call(socket, "selftest", timeout=120.0, devices=args.devices or None, act=act,
-                    allow_absent=args.allow_absent)
+                    allow_absent=args.allow_absent, **forced)
         if not resp.pop("ok"):
             return _error(str(resp.get("error")), EXIT_FAILED)
     resp["offline"] = args.offline
@@ -97,7 +101,7 @@ def _confirm(chosen: list[DeviceConfig], yes: bool) -> bool:
     if not actions:
         return False
     say = sys.stderr
-    print("These self-test steps act on outputs (not during a listening window):", file=say)
+    print("These self-test steps act on outputs (not while entry or listening is open):", file=say)
     for name, action in actions:
         print(f"  {name}: {action}", file=say)
     if yes:

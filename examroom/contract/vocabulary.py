@@ -120,6 +120,7 @@ class EventKind(Word):
     CAMERA = "camera"
     CLOCK = "clock"
     DEVICE = "device"
+    FORCED = "forced"  # a disruptive action forced through the exam lock
 
 
 # Evidence is what a cheating case or an incident report may rest on: never dropped from the
