@@ -485,3 +485,18 @@ def test_an_idle_connection_is_closed(sockdir: Path, monkeypatch) -> None:
         assert call(srv.path, "ping") == {"ok": True, "pong": True}
     finally:
         srv.stop()
+
+
+def test_the_cli_refuses_a_socket_not_owned_by_the_service_user(config_without_daemon) -> None:
+    """A proctor's decision must not go to a socket another local user put in the agent's place."""
+    cfg, sock = config_without_daemon
+    cfg.write_text(cfg.read_text().replace("[control]\n", '[control]\nservice_user = "nobody"\n'), encoding="utf-8")
+    srv = ControlServer(str(sock), {"note": lambda a: {"seq": 1}})
+    srv.start()
+    try:
+        assert run_cli("note", "--config", str(cfg), "hello").returncode == 0  # root's socket: trusted
+        os.chown(sock, 54321, -1)  # now someone else's
+        r = run_cli("note", "--config", str(cfg), "hello")
+        assert r.returncode == 1 and "not by the service user 'nobody'" in r.stderr, r.stderr
+    finally:
+        srv.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -53,7 +54,26 @@ def _call(args: argparse.Namespace, cmd: str, timeout: float = 30.0, **kw: Any) 
     from examroom.agent.control import call
 
     cfg = _load(args.config)
+    _trust(cfg.control["socket"], cfg.control["service_user"])
     return call(cfg.control["socket"], cmd, timeout=getattr(args, "timeout", None) or timeout, **kw)
+
+
+def _trust(socket_path: str, service_user: str) -> None:
+    """Talk only to a socket the service user (or root) owns: a proctor's decisions and notes
+    must not go to a socket another local user put in its place. Where the service user does
+    not exist (a laptop, a test run) there is nobody to check against."""
+    import pwd
+
+    from examroom.agent.control import AgentNotRunning
+
+    try:
+        want = pwd.getpwnam(service_user).pw_uid
+        owner = os.stat(socket_path).st_uid
+    except (KeyError, OSError):
+        return
+    if owner not in (want, 0):
+        raise AgentNotRunning(f"{socket_path} is owned by uid {owner}, not by the service user "
+                              f"{service_user!r}: refusing to talk to it")
 
 
 def _with_timeout(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -93,6 +93,8 @@ SCHEMA: dict[str, dict[str, Option]] = {
     },
     "control": {
         "socket": Option(str, default="/run/examroom/agent.sock", path=True),
+        "service_user": Option(str, default="examroom",
+                               help="the user the agent runs as: the CLI talks only to a socket it owns"),
     },
     "metrics": {
         "listen": Option(str, default="127.0.0.1:9108", check=_listen,
