@@ -108,6 +108,12 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "listening": {
         "auto_switch_backup": Option(bool, default=False),
     },
+    "retention": {
+        "keep_days": Option((int, float), default=213, check=lambda v: v >= 1,
+                            expected="at least 1 day",
+                            help="records, reports, snapshots and journal entries are kept this long: "
+                                 "half a year after results are published (about a month after the exam)"),
+    },
     "log": {
         "level": Option(str, default="INFO",
                      check=lambda v: v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),

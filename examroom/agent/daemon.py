@@ -33,6 +33,7 @@ from examroom.agent.metrics import Metrics
 from examroom.agent.metrics_bridge import MetricsBridge
 from examroom.agent.photos import Photos
 from examroom.agent.remote_commands import RemoteCommands
+from examroom.agent.retention import Retention
 from examroom.agent.room import Room
 from examroom.agent.sdnotify import notify, watchdog_interval_s
 from examroom.agent.seatplan import SeatPlan
@@ -74,6 +75,10 @@ class Agent:
             station=lambda: self.room.station, photos=self.photos,
             trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident),
             switch_by=self.room.switch_by)
+        self.retention = Retention(
+            config.retention["keep_days"],
+            [ck["record_dir"], *(dc.options["snapshot_dir"] for dc in config.devices if dc.options.get("snapshot_dir"))],
+            clock, forget_sessions=lambda t: self.room.book.forget_before(t) if self.room.book else 0)
         self.remote = RemoteCommands(self.commands.table, self.emit, self._reply, config.topics)
         self.uplink = Uplink(config.mqtt, config.topics, self.spool, self.metrics, self._birth, self._will,
                              self.remote.on_mqtt)
@@ -210,6 +215,8 @@ class Agent:
                 next_beat = now + interval
                 self._step("heartbeat", self._beat)
             self._step("exam tick", self.room.tick)
+            if self.retention.due():
+                self._step("retention", self.retention.prune)
             self._step("status", self.publish_state_if_changed)
             if wd is not None and self.uplink.alive():
                 notify("WATCHDOG=1")  # a dead uplink thread lets systemd restart us

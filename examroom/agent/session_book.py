@@ -120,6 +120,35 @@ class SessionBook:
         session, phase = self.schedule.phase(t)
         return session if session is not None and phase not in (Phase.BEFORE_ENTRY, Phase.ENDED) else None
 
+    def forget_before(self, t: float) -> int:
+        """Drop sessions that ended before ``t`` from the journal and the memory (retention);
+        the journal is rewritten whole, atomically. Returns how many sessions went."""
+        with self.lock:
+            old = {s.id for s in self.schedule.sessions if s.end < t and s.id in self._states}
+            old |= {sid for sid in self._states if self.schedule.get(sid) is None}  # gone from the timetable
+            old = {sid for sid in old if self._states[sid].record_written or self.schedule.get(sid) is None}
+            if not old:
+                return 0
+            for sid in old:
+                del self._states[sid]
+            if self._journal is not None and self._journal.exists():
+                keep = []
+                with open(self._journal, encoding="utf-8") as f:
+                    for line in f:
+                        try:
+                            if json.loads(line)["session"] in old:
+                                continue
+                        except (ValueError, KeyError, TypeError):
+                            continue  # a torn line: nothing to keep
+                        keep.append(line)
+                tmp = self._journal.with_name(self._journal.name + ".tmp")
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.writelines(keep)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self._journal)
+            return len(old)
+
     # -- incidents ----------------------------------------------------------------------------
 
     def add_incident(self, incident: Incident, *, during: Iterable[float] | None = None) -> str | None:
