@@ -131,7 +131,9 @@ def _session(door: Door, agg: Aggregator, room, w: Watcher) -> None:
     door.sim("clock", "offset", "0")
     for name, args, ok in (("ping", {}, True), ("status", {}, True), ("note", {"text": "bag 3 opened"}, True),
                            ("selftest", {}, True), ("snapshot", {"tag": "patrol"}, True),
-                           ("audio_switch", {"source": "backup"}, True), ("audio_switch", {"source": "primary"}, True),
+                           ("audio_switch", {"source": "backup"}, False),  # entry is open: the exam lock
+                           ("audio_switch", {"source": "backup", "force": True, "reason": "feed crackles"}, True),
+                           ("audio_switch", {"source": "primary", "force": True, "reason": "fixed"}, True),
                            ("trial_listening", {"seconds": 1}, True),
                            ("checkin_admit", {"seat": "4", "proctor": "remote"}, False), ("audio_switch", {}, False)):
         reply = agg.call(name, args)
@@ -240,7 +242,7 @@ def test_every_message_matches_the_contract(received):
     kinds = {t.split("/", 1)[1] for t in seen if t.startswith("event/")}
     expected = {"checkin", "sweep", "suspect_confirm", "attendance", "session_record", "audio", "audio_switch",
                 "incident", "camera", "clock", "device", "snapshot", "trial_listening", "note", "selftest",
-                "command"}
+                "command", "forced"}
     assert expected <= kinds, f"the session did not exercise {sorted(expected - kinds)}"
     assert set(drivers.kinds()) <= device_kinds, f"no heartbeat showed {sorted(set(drivers.kinds()) - device_kinds)}"
     verdicts = {m.json["data"]["verdict"] for m in received if m.topic == TOPICS.event("checkin")}
@@ -249,4 +251,4 @@ def test_every_message_matches_the_contract(received):
     assert {"admitted", "unknown_card", "invalid_id", "suspect", "left", "late_refused"} <= verdicts
     states = {m.json["state"] for m in received if m.topic == TOPICS.status}
     assert {"online", "alert", "offline"} <= states
-    assert sum(n for t, n in seen.items() if t.startswith("reply/")) == 10
+    assert sum(n for t, n in seen.items() if t.startswith("reply/")) == 11

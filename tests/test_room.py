@@ -367,10 +367,15 @@ def test_remote_commands(start_room, watcher, broker):
         ev = wait_kind(w, mark, "snapshot")
         assert ev["device"] == "camera" and (ev["file"], ev["sha256"]) == (shot["file"], shot["sha256"])
 
-        sw = agg.call("audio_switch", {"source": "backup"})
+        locked = agg.call("audio_switch", {"source": "backup"})  # entry is open: the exam lock
+        assert locked["ok"] is False and "entry of session" in locked["error"] and "force" in locked["error"]
+        sw = agg.call("audio_switch", {"source": "backup", "force": True, "reason": "primary feed crackles"})
         assert (sw["ok"], sw["source"], sw["previous"], sw["reason"], sw["changed"]) == (
             True, "backup", "primary", "command", True)
-        assert wait_kind(w, mark, "audio_switch") == {"device": "broadcast", "source": "backup", "reason": "command"}
+        by = f"site ({TOPICS.cmd('audio_switch')})"
+        assert wait_kind(w, mark, "audio_switch") == {"device": "broadcast", "source": "backup", "reason": "command",
+                                                      "by": by}
+        assert wait_kind(w, mark, "forced")["by"] == by
 
         trial = agg.call("trial_listening", {"seconds": 1})
         assert trial["ok"] is True and trial["pass"] is True and trial["complete"] is True
@@ -388,11 +393,11 @@ def test_remote_commands(start_room, watcher, broker):
         assert refused["ok"] is False and "not accepted over MQTT" in refused["error"]
         sim = agg.call("sim", {"words": ["alarm", "on"]})
         assert sim["ok"] is False
-        cmds = w.wait_for(lambda _: len(kinds_after(w, mark, "command")) >= 6 and kinds_after(w, mark, "command"))
+        cmds = w.wait_for(lambda _: len(kinds_after(w, mark, "command")) >= 7 and kinds_after(w, mark, "command"))
         assert [(d["command"], d["ok"]) for d in cmds] == [
-            ("snapshot", True), ("audio_switch", True), ("trial_listening", True),
+            ("snapshot", True), ("audio_switch", False), ("audio_switch", True), ("trial_listening", True),
             ("trial_listening", False), ("checkin_admit", False), ("sim", False)]
-        assert [d["request_id"] for d in cmds] == [f"req-{i}" for i in range(1, 7)]
+        assert [d["request_id"] for d in cmds] == [f"req-{i}" for i in range(1, 8)]
         assert agent.call("checkin_state")["admitted"] == 0 and kinds_after(w, mark, "checkin") == []
     finally:
         agg.close()
