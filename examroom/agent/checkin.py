@@ -33,6 +33,7 @@ import unicodedata
 from typing import Any, Callable, Iterable
 
 from examroom.agent.checkin_errors import AmbiguousCandidate, CheckinError, SameProctor, UnknownSeat
+from examroom.agent.privacy import has_id_like_digits
 from examroom.agent.schedule import Schedule, Session
 from examroom.agent.seatplan import Candidate, SeatPlan
 from examroom.agent.session_book import SessionBook
@@ -186,7 +187,7 @@ class CheckinStation:
         p = (proctor or "").strip()
         if not p:
             raise CheckinError("proctor: expected who is doing this (it is signed on the record)")
-        if self.scrub(p) != p:
+        if has_id_like_digits(p) or self.scrub(p) != p:
             raise CheckinError("proctor: the signature contains a candidate's name or an ID number, "
                                "which may not leave the room; sign with your staff number or initials")
         if self._roster:

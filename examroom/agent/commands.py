@@ -16,6 +16,7 @@ from examroom.agent.control import CALLER, Handler, RequestError
 from examroom.agent.devices import Devices, selftest_verdict
 from examroom.agent.exam_lock import ExamLock
 from examroom.agent.photos import Photos
+from examroom.agent.privacy import has_id_like_digits
 from examroom.agent.trial_reports import TrialReports
 from examroom.contract.vocabulary import EventKind, SwitchReason
 from examroom.drivers.base import Driver
@@ -125,7 +126,7 @@ class Commands:
 
     def snapshot(self, args: dict[str, Any]) -> dict[str, Any]:
         tag = _arg(args, "tag", False) or "command"
-        if self._scrub(tag) != tag:  # the tag names the published file
+        if has_id_like_digits(tag) or self._scrub(tag) != tag:  # the tag names the published file
             raise RequestError("'tag' holds an ID number or a candidate's name, which may not leave the room")
         return self._photos.take(tag)
 
