@@ -11,144 +11,14 @@ import shutil
 import ssl
 import subprocess
 import sys
-import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from examroom.agent.config import load
-from devkit.localbroker import Broker, free_port
 from tests.agentproc import AgentProcess
-
-REPO = Path(__file__).resolve().parent.parent
-PKI = REPO / "deploy/pki/make-pki.sh"
-ACL = REPO / "deploy/mosquitto/make-acl.py"
-CONFIGS = REPO / "deploy/fleet/make-configs.py"
-SITE = "site01"
-NOT_AUTHORIZED = 135
-ACCEPTED = range(0, 0x80)  # v5: 0 success, 16 "no matching subscribers"; failures are >= 0x80
-
-
-def run(*cmd: Any) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, f"{cmd} exited {r.returncode}: {r.stdout}{r.stderr}"
-    return r
-
-
-class Site:
-    """The PKI directory and a running broker configured from deploy/mosquitto/examroom.conf."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.pki = root / "pki"
-        self.port = free_port()
-        self.broker: Broker | None = None
-
-    def make(self) -> "Site":
-        run("bash", PKI, self.pki, "init", SITE, "localhost", "127.0.0.1")
-        for room in ("room101", "room102"):
-            run("bash", PKI, self.pki, "room", SITE, room)
-        for client in ("aggregator", "ops"):
-            run("bash", PKI, self.pki, "client", client)
-        run(sys.executable, ACL, "--site", SITE, "--room", "room101", "--room", "room102",
-            "--aggregator", "aggregator", "--aggregator", "ops", "-o", self.root / "acl")
-        conf = (REPO / "deploy/mosquitto/examroom.conf").read_text()
-        for old, new in (("/etc/mosquitto/examroom/ca.crt", self.pki / "ca.crt"),
-                         ("/etc/mosquitto/examroom/server.crt", self.pki / "certs/server.crt"),
-                         ("/etc/mosquitto/examroom/server.key", self.pki / "private/server.key"),
-                         ("/etc/mosquitto/examroom/acl", self.root / "acl"),
-                         ("listener 8883", f"listener {self.port} 127.0.0.1")):
-            assert old in conf, old
-            conf = conf.replace(old, str(new))
-        # what Debian's main mosquitto.conf adds around conf.d/examroom.conf
-        conf += f"\npersistence_location {self.root}/\n{'user root' if os.geteuid() == 0 else ''}\n"
-        (self.root / "mosquitto.conf").write_text(conf)
-        return self
-
-    def start(self) -> "Site":
-        self.broker = Broker(self.root, self.port, conf=(self.root / "mosquitto.conf").read_text()).start()
-        return self
-
-    def stop(self) -> None:
-        self.broker.stop()
-
-    def cert(self, cn: str) -> tuple[str, str]:
-        return str(self.pki / "certs" / f"{cn}.crt"), str(self.pki / "private" / f"{cn}.key")
-
-
-class Client:
-    """A paho v5 client that records CONNACKs, PUBACK reason codes and messages, and waits on them."""
-
-    def __init__(self, site: Site, cn: str | None) -> None:
-        self.site = site
-        self.cond = threading.Condition()
-        self.acks: dict[int, int] = {}
-        self.messages: list[mqtt.MQTTMessage] = []
-        self.connack: Any = None
-        self.gone = threading.Event()
-        self.subscribed = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        cert, key = site.cert(cn) if cn else (None, None)
-        self.c.tls_set(ca_certs=str(site.pki / "ca.crt"), certfile=cert, keyfile=key,
-                       cert_reqs=ssl.CERT_REQUIRED)
-        self.c.on_connect = self._on_connect
-        self.c.on_disconnect = lambda *_: self.gone.set()
-        self.c.on_publish = self._on_publish
-        self.c.on_message = self._on_message
-        self.c.on_subscribe = lambda *_: self.subscribed.set()
-
-    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        with self.cond:
-            self.connack = reason
-            self.cond.notify_all()
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
-        with self.cond:
-            self.acks[mid] = reason.value
-            self.cond.notify_all()
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self.cond:
-            self.messages.append(msg)
-            self.cond.notify_all()
-
-    def __enter__(self) -> "Client":
-        self.c.connect("127.0.0.1", self.site.port, keepalive=10)
-        self.c.loop_start()
-        with self.cond:
-            assert self.cond.wait_for(lambda: self.connack is not None, 5), "no CONNACK"
-        assert not self.connack.is_failure, self.connack
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
-
-    def publish(self, topic: str, payload: bytes = b"{}", retain: bool = False) -> int:
-        """Publish at QoS 1 and return the PUBACK reason code (0 success, 135 not authorized)."""
-        info = self.c.publish(topic, payload, qos=1, retain=retain)
-        with self.cond:
-            assert self.cond.wait_for(lambda: info.mid in self.acks, 5), f"no PUBACK for {topic}"
-            return self.acks[info.mid]
-
-    def subscribe(self, *topics: str) -> None:
-        self.subscribed.clear()
-        self.c.subscribe([(t, 1) for t in topics])
-        assert self.subscribed.wait(5)
-
-    def wait_for(self, pred: Any, timeout: float = 10) -> list[mqtt.MQTTMessage]:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: pred(self.messages), timeout)
-            assert ok, f"not received in {timeout}s; got {[(m.topic, m.payload) for m in self.messages]}"
-            return list(self.messages)
-
-
-def on(topic: str) -> Any:
-    return lambda ms: [m for m in ms if m.topic == topic]
-
+from tests.site_kit import ACCEPTED, CONFIGS, NOT_AUTHORIZED, PKI, REPO, SITE, Client, Site, on, run
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
@@ -232,10 +102,11 @@ def test_make_configs_renders_checked_bundles(site: Site, tmp_path: Path) -> Non
         assert cfg.room["id"] == room and cfg.site["id"] == SITE
         assert cfg.mqtt["tls_cert"] == str(out / room / "tls/room.crt")
         assert (out / room / "tls/room.key").stat().st_mode & 0o777 == 0o600
+        assert (out / room / "seatplan.csv").stat().st_mode & 0o777 == 0o600
         assert cfg.checkin["seatplan"] == str(out / room / "seatplan.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("room,label,seatplan,hostname\nbroadcast,x,"
-                   f"{REPO}/deploy/fleet/seatplans/room101.csv,h1\n", encoding="utf-8")
+                   f"{REPO}/deploy/fleet/seatplans/room101.example.csv,h1\n", encoding="utf-8")
     r = subprocess.run([sys.executable, str(CONFIGS), "--csv", str(bad), "--pki", str(site.pki), "--site",
                         SITE, "--broker-host", "127.0.0.1", "--out", str(tmp_path / "b2")],
                        capture_output=True, text=True)
@@ -289,8 +160,14 @@ def test_install_stages_config_and_refuses_a_bad_bundle(site: Site, tmp_path: Pa
     assert r.returncode == 0, r.stdout + r.stderr
     etc = dest / "etc/examroom"
     modes = {p.relative_to(etc).as_posix(): p.stat().st_mode & 0o777 for p in etc.rglob("*")}
-    assert modes == {"agent.toml": 0o640, "seatplan.csv": 0o640, "tls": 0o750, "tls/ca.crt": 0o644,
-                     "tls/room.crt": 0o640, "tls/room.key": 0o640}
+    # the key, the seat plan and the config (a broker password may be in it): the service user's
+    # only (owner examroom on a box); cli.toml is what examroom-ops use instead of agent.toml
+    assert modes == {"agent.toml": 0o600, "seatplan.csv": 0o600, "cli.toml": 0o644, "tls": 0o750,
+                     "tls/ca.crt": 0o644, "tls/room.crt": 0o644, "tls/room.key": 0o600}
+    assert etc.stat().st_mode & 0o777 == 0o750
+    cli = load(etc / "cli.toml")
+    assert cli.control["socket"] == "/run/examroom/agent.sock" and cli.room["id"] == "room101"
+    assert not cli.mqtt["tls_key"] and "tls" not in (etc / "cli.toml").read_text(encoding="utf-8")
     assert load(etc / "agent.toml").mqtt["tls_key"] == str(etc / "tls/room.key")
     assert (dest / "etc/systemd/system/examroom-agent.service").is_file()
     bad = tmp_path / "bad"

@@ -11,8 +11,6 @@ import pytest
 from examroom.agent.control import RequestError
 from examroom.agent.exam_lock import ExamLock
 from examroom.agent.schedule import parse_sessions
-from tests.agentproc import AgentProcess
-from tests.mqttwatch import Watcher
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 6, 8, 15, 0, tzinfo=timezone(timedelta(hours=8)))

@@ -122,6 +122,7 @@ def render_bundle(row: dict[str, str], args: argparse.Namespace, template: Templ
     shutil.copyfile(key, tmp / "tls" / "room.key")
     os.chmod(tmp / "tls" / "room.key", 0o600)
     shutil.copyfile(plan_src, tmp / plan_name)
+    os.chmod(tmp / plan_name, 0o600)  # names and ID numbers
     (tmp / "hostname").write_text(row["hostname"] + "\n", encoding="utf-8")
     (tmp / "agent.toml").write_text(text, encoding="utf-8")
     try:
