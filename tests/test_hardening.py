@@ -295,11 +295,25 @@ def sandboxed(argv: list[str], rw: list[Path], spec: dict, hold: Path, ro: tuple
     binds = "".join(f'mount --bind "{d}" "{d}"; ' for d in rw)
     binds += "".join(f'mount --bind "{d}" "{d}"; mount -o remount,bind,ro "{d}"; ' for d in ro)
     private_tmp = "".join(f"mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs {d}; " for d in ("/tmp", "/var/tmp"))
+    private_tmp = _keep_through_private_tmp(hold) + private_tmp + _keep_through_private_tmp(hold, back=True)
     script = (f'set -e; {reach(hold)}{binds}{private_tmp}mount -o remount,bind,ro /; umask 0077; '
               f'exec setpriv --reuid={SERVICE_UID} --regid={OPS_GID} --groups={groups} --no-new-privs '
               '--bounding-set=-all --inh-caps=-all --ambient-caps=-all -- "$@"')
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh",
             sys.executable, "-c", SANDBOX, json.dumps(spec), *argv]
+
+
+def _keep_through_private_tmp(hold: Path, back: bool = False) -> str:
+    """A checkout under /tmp (CI clones into mktemp -d) holds the venv the agent runs from: it
+    is set aside before the empty /tmp is mounted and bound back, read-only, after."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not any(checkout.is_relative_to(d) for d in ("/tmp", "/var/tmp")):
+        return ""
+    aside = Path(f"{hold}-checkout")
+    if not back:
+        aside.mkdir(exist_ok=True)
+        return f'mount --bind "{checkout}" "{aside}"; '
+    return f'mkdir -p "{checkout}"; mount --bind "{aside}" "{checkout}"; mount -o remount,bind,ro "{checkout}"; '
 
 
 def _device_gids() -> list[int]:
