@@ -47,18 +47,7 @@ class Site:
             run("bash", PKI, self.pki, "client", client)
         run(sys.executable, ACL, "--site", SITE, "--room", "room101", "--room", "room102",
             "--aggregator", "aggregator", "--aggregator", "ops", "-o", self.root / "acl")
-        conf = (REPO / "deploy/mosquitto/examroom.conf").read_text()
-        for old, new in (("/etc/mosquitto/examroom/ca.crt", self.pki / "ca.crt"),
-                         ("/etc/mosquitto/examroom/server.crt", self.pki / "certs/server.crt"),
-                         ("/etc/mosquitto/examroom/server.key", self.pki / "private/server.key"),
-                         ("/etc/mosquitto/examroom/crl.pem", self.pki / "crl.pem"),
-                         ("/etc/mosquitto/examroom/acl", self.root / "acl"),
-                         ("listener 8883", f"listener {self.port} 127.0.0.1")):
-            assert old in conf, old
-            conf = conf.replace(old, str(new))
-        # what Debian's main mosquitto.conf adds around conf.d/examroom.conf
-        conf += f"\npersistence_location {self.root}/\n{'user root' if os.geteuid() == 0 else ''}\n"
-        (self.root / "mosquitto.conf").write_text(conf)
+        (self.root / "mosquitto.conf").write_text(broker_conf(self.root, self.pki, self.port))
         return self
 
     def start(self) -> "Site":
@@ -141,3 +130,18 @@ class Client:
 
 def on(topic: str) -> Any:
     return lambda ms: [m for m in ms if m.topic == topic]
+
+
+def broker_conf(root: Path, pki: Path, port: int) -> str:
+    """The shipped deploy/mosquitto/examroom.conf pointed at a test PKI, ACL and port, with what
+    Debian's main mosquitto.conf adds around conf.d/examroom.conf."""
+    conf = (REPO / "deploy/mosquitto/examroom.conf").read_text()
+    for old, new in (("/etc/mosquitto/examroom/ca.crt", pki / "ca.crt"),
+                     ("/etc/mosquitto/examroom/server.crt", pki / "certs/server.crt"),
+                     ("/etc/mosquitto/examroom/server.key", pki / "private/server.key"),
+                     ("/etc/mosquitto/examroom/crl.pem", pki / "crl.pem"),
+                     ("/etc/mosquitto/examroom/acl", root / "acl"),
+                     ("listener 8883", f"listener {port} 127.0.0.1")):
+        assert old in conf, old
+        conf = conf.replace(old, str(new))
+    return conf + f"\npersistence_location {root}/\n{'user root' if os.geteuid() == 0 else ''}\n"

@@ -31,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from devkit.localbroker import Broker, free_port
+from tests.site_kit import broker_conf
 from examroom.agent.commands import REMOTE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,17 +101,7 @@ class Lab:
         self.make_expired()
         run(sys.executable, ACL, "--site", SITE, *[x for r in ROOMS for x in ("--room", r)],
             "--aggregator", "aggregator", "--operator", "ops", "-o", self.root / "acl")
-        conf = (REPO / "deploy/mosquitto/examroom.conf").read_text()
-        for old, new in (("/etc/mosquitto/examroom/ca.crt", self.pki / "ca.crt"),
-                         ("/etc/mosquitto/examroom/server.crt", self.pki / "certs/server.crt"),
-                         ("/etc/mosquitto/examroom/server.key", self.pki / "private/server.key"),
-                         ("/etc/mosquitto/examroom/crl.pem", self.pki / "crl.pem"),
-                         ("/etc/mosquitto/examroom/acl", self.root / "acl"),
-                         ("listener 8883", f"listener {self.port} 127.0.0.1")):
-            assert old in conf, old
-            conf = conf.replace(old, str(new))
-        conf += f"\npersistence_location {self.root}/\n{'user root' if os.geteuid() == 0 else ''}\n"
-        (self.root / "mosquitto.conf").write_text(conf)
+        (self.root / "mosquitto.conf").write_text(broker_conf(self.root, self.pki, self.port))
         return self
 
     def ca_conf(self, db: Path) -> Path:
