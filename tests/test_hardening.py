@@ -312,6 +312,12 @@ def _keep_through_private_tmp(hold: Path, back: bool = False) -> str:
     aside = Path(f"{hold}-checkout")
     if not back:
         aside.mkdir(exist_ok=True)
+        # mktemp -d makes the clone's directory 0700: the service uid must be able to pass it
+        # (a bind mount keeps the directory's own mode), so it gets o+x, and nothing more
+        for d in (checkout, *checkout.parents):
+            if d in (Path("/tmp"), Path("/var/tmp"), Path("/")):
+                break
+            os.chmod(d, d.stat().st_mode | 0o001)
         return f'mount --bind "{checkout}" "{aside}"; '
     return f'mkdir -p "{checkout}"; mount --bind "{aside}" "{checkout}"; mount -o remount,bind,ro "{checkout}"; '
 
