@@ -20,6 +20,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A durable session holds a whole outage, as on the site's broker (deploy/mosquitto/examroom.conf):
+# Mosquitto's default of 1,000 queued messages drops the rest of a drain that overtakes a
+# subscriber still reconnecting after a restart.
+SITE_QUEUE = "max_queued_messages 100000\nmax_queued_bytes 268435456\n"
+
+
 class Broker:
     def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "",
                  persistence: bool = False, conf: str | None = None) -> None:
@@ -41,6 +47,7 @@ class Broker:
         generated = (f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
                      f"persistence {'true' if self.persistence else 'false'}\n"
                      f"persistence_location {self.workdir}/\n"
+                     f"{SITE_QUEUE if self.persistence else ''}"
                      f"{'user root' if os.geteuid() == 0 else ''}\n{self.extra_conf}\n")
         conf.write_text(self.conf if self.conf is not None else generated)
         log = open(self.workdir / "mosquitto.log", "ab")
