@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from examroom.agent.spool import DiskFull, Spool
 from devkit.localbroker import Broker
+from examroom.agent.disk_reserve import DiskFull
+from examroom.agent.spool import Spool
 from tests.agentproc import AgentProcess, write_config
 from tests.mqttwatch import Watcher
 

@@ -25,6 +25,7 @@ from examroom.agent.commands import Commands
 from examroom.agent.config import Config
 from examroom.agent.control import ControlServer
 from examroom.agent.devices import Devices
+from examroom.agent.disk_reserve import DiskFull
 from examroom.agent.events import Event, iso_now
 from examroom.agent.exam_lock import ExamLock
 from examroom.agent.hostinfo import host_health
@@ -37,7 +38,7 @@ from examroom.agent.retention import Retention
 from examroom.agent.room import Room
 from examroom.agent.sdnotify import notify, watchdog_interval_s
 from examroom.agent.seatplan import SeatPlan
-from examroom.agent.spool import DiskFull, Spool
+from examroom.agent.spool import Spool
 from examroom.agent.trial_reports import TrialReports
 from examroom.agent.uplink import Uplink
 from examroom.contract.vocabulary import RoomState

@@ -16,14 +16,12 @@
   is given back the moment a write fails for space, so acknowledgements and the
   session counter still commit; an append that cannot be stored raises
   ``DiskFull`` and is counted (``disk_full`` in ``depth()``), and the spool takes
-  its reserve back by itself when space returns.
+  its reserve back by itself when space returns (``SpaceGuard``).
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -33,8 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from examroom.agent.disk_reserve import DiskReserve
+from examroom.agent.disk_reserve import SpaceGuard, out_of_space
 from examroom.agent.events import Event, is_evidence, iso_now
+from examroom.agent.spool_files import SpoolFiles
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +63,7 @@ class SpoolClosed(RuntimeError):
     pass
 
 
-class DiskFull(OSError):
-    """An event could not be stored: the spool's filesystem is full. Nothing was written."""
-
-    def __init__(self, path: Path, refused: int) -> None:
-        super().__init__(errno.ENOSPC, f"the disk of the spool {path} is full: the event was not stored "
-                                       f"({refused} refused so far); free space there")
-
-
-def _out_of_space(e: sqlite3.Error) -> bool:
-    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
-
-
 MIN_RESERVE = 256 * 1024
-WAL_MAX_PAGES = 1000  # SQLite's own auto-checkpoint point
 
 
 class Spool:
@@ -96,34 +82,27 @@ class Spool:
         self.last_seq = 0  # the newest committed seq: a reader at it has nothing to read
         self.dropped: Counter[str] = Counter()
         self.overfull = False
-        self.disk_full = False
-        self.unstored = 0  # appends refused for want of disk space
-        self._page = 4096  # SQLite's default; _bound_files reads the real one
-        self._wal_pages = min(max(max_bytes // 4 // self._page, 16), WAL_MAX_PAGES)
+        self._files = SpoolFiles(self.path, max_bytes)
         # room for a whole WAL and the pages a checkpoint adds to the database: what
         # delivery writes between two checkpoints (16 MiB at most, 8 MiB by default)
-        self._reserve = DiskReserve(Path(f"{self.path}.reserve"),
-                                    max(2 * self._wal_pages * self._page, MIN_RESERVE))
+        self._space = SpaceGuard(self.path, max(2 * self._files.wal_pages * self._files.page, MIN_RESERVE))
+
+    @property
+    def disk_full(self) -> bool:
+        return self._space.full
+
+    @property
+    def unstored(self) -> int:
+        """Appends refused for want of disk space."""
+        return self._space.unstored
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The spool holds evidence: owner only. The file is made 0600 before SQLite
-        # opens it, because SQLite gives the -wal and -shm files (which hold the
-        # same data) the database file's mode when it creates them.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")):
-            try:
-                os.chmod(p, 0o600)
-            except OSError:
-                pass
+        self._files.create_private()
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._bound_files(db)
+        self._files.configure(db)
         db.execute(f"PRAGMA synchronous={self.sync.upper()}")
         db.executescript(_SCHEMA)
-        if not self._reserve.hold():
-            self.disk_full = True
-            log.error("spool %s: no room for its %d-byte reserve: the disk is (nearly) full",
-                      self.path, self._reserve.size)
+        self._space.open()
         self._bytes, self._count = db.execute(
             "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM events").fetchone()
         self.overfull = self._bytes > self.max_bytes  # still true after a restart
@@ -133,23 +112,6 @@ class Spool:
         # event without waiting for the writer, so the sender never queues behind an
         # append's fsync (that wait halved throughput).
         self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-
-    def _bound_files(self, db: sqlite3.Connection) -> None:
-        """Keep the files near the bound: pages freed by deletes go back to the disk
-        (incremental auto-vacuum; an older spool made without it is converted once), and
-        the WAL is checkpointed every quarter of the bound (at most SQLite's 1,000 pages)
-        and truncated to that size, where by default it grew to 4 MB and never shrank."""
-        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
-            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
-                try:
-                    db.execute("VACUUM")  # the setting applies to an existing file only after one
-                except sqlite3.OperationalError as e:
-                    log.warning("spool %s: could not convert to incremental vacuum: %s", self.path, e)
-        db.execute("PRAGMA journal_mode=WAL")
-        self._page = db.execute("PRAGMA page_size").fetchone()[0]
-        db.execute(f"PRAGMA wal_autocheckpoint={self._wal_pages}")
-        db.execute(f"PRAGMA journal_size_limit={self._wal_pages * self._page}")
 
     def close(self) -> None:
         with self._lock, self._read_lock:
@@ -196,40 +158,13 @@ class Spool:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('session', ?)", (str(n),))
             return n
         with self._lock:
-            return self._with_reserve(bump)
-
-    def _with_reserve(self, write: Callable[[], Any]) -> Any:
-        """A write delivery depends on (an ack, the session counter): if it fails for space,
-        the reserve is given back and it is tried once more. Caller holds the lock."""
-        try:
-            return write()
-        except sqlite3.Error as e:
-            if not _out_of_space(e):
-                raise
-            self._disk_is_full()
-            return write()
-
-    def _disk_is_full(self) -> None:
-        if not self.disk_full:
-            log.error("spool %s: the disk is full; appends are refused until space returns, "
-                      "delivery of what is spooled goes on", self.path)
-        self.disk_full = True
-        if self._reserve.release():
-            log.warning("spool %s: reserve of %d bytes given back so delivery can go on",
-                        self.path, self._reserve.size)
-        try:  # the WAL back into the database and truncated: later writes reuse its space
-            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as e:
-            log.warning("spool %s: checkpoint on a full disk failed: %s", self.path, e)
+            return self._space.retrying(self._conn(), bump)
 
     def check_space(self) -> bool:
         """Take the reserve back when space has returned; True when appends are possible.
         The agent asks on every heartbeat, so recovery needs no person and no append."""
         with self._lock:
-            if self.disk_full and self._reserve.hold():
-                self.disk_full = False
-                log.warning("spool %s: disk space is back; appends resume", self.path)
-            return not self.disk_full
+            return self._space.recover()
 
     def last_session(self) -> int:
         return int(self.get_meta("session", "0") or 0)
@@ -246,10 +181,7 @@ class Spool:
         ts = iso_now(created)
         row = (eid, ts, created, kind, session, int(live), int(evidence), size, body)
         with self._lock:
-            if self.disk_full and not self._reserve.hold():
-                self.unstored += 1  # without the reserve back, an append would take its place
-                raise DiskFull(self.path, self.unstored)
-            self.disk_full = False
+            self._space.admit()
             gone: list[tuple[int, str, int]] = []
             refused = False
             try:
@@ -266,11 +198,10 @@ class Spool:
                         if not refused:
                             cur = db.execute(_INSERT, row)
             except sqlite3.Error as e:
-                if not _out_of_space(e):
+                if not out_of_space(e):
                     raise
-                self._disk_is_full()
-                self.unstored += 1
-                raise DiskFull(self.path, self.unstored) from None
+                self._space.went_full(self._conn())
+                raise self._space.refuse() from None
             # counters change only once the transaction is committed
             for _, gone_kind, gone_size in gone:
                 self._dropped(gone_kind)
@@ -346,7 +277,7 @@ class Spool:
             # appends pay; the next append's fsync makes them durable anyway.
             db.execute("PRAGMA synchronous=NORMAL")
             try:
-                freed, n = self._with_reserve(delete)
+                freed, n = self._space.retrying(db, delete)
             finally:
                 db.execute(f"PRAGMA synchronous={self.sync.upper()}")
             self._bytes -= freed
@@ -354,29 +285,12 @@ class Spool:
             if self._bytes <= self.max_bytes:
                 self.overfull = False
             if self._count == 0:
-                self._shrink(db)
+                self._files.shrink(db)
         return n
-
-    def _shrink(self, db: sqlite3.Connection) -> None:
-        """Drained: give freed pages back and truncate the WAL, when they hold more than a
-        quarter of the bound (checked from the file sizes: most drains cost nothing)."""
-        try:
-            wal = os.path.getsize(f"{self.path}-wal")
-        except OSError:
-            wal = 0
-        free_pages = db.execute("PRAGMA freelist_count").fetchone()[0]
-        if wal + free_pages * self._page <= max(self._wal_pages * self._page, 64 * 1024):
-            return
-        try:
-            db.executescript("PRAGMA incremental_vacuum;")  # stepped to the end: execute() frees one page
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as e:  # a reader mid-read: the next drain tries again
-            log.debug("spool %s: shrink postponed: %s", self.path, e)
 
     def file_bytes(self) -> int:
         """What the spool takes on disk: the database and its WAL (not the reserve)."""
-        return sum(os.path.getsize(p) for p in (self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm"))
-                   if os.path.exists(p))
+        return self._files.size()
 
     @property
     def pending(self) -> int:
