@@ -18,26 +18,24 @@ possible (the aggregator de-duplicates by ``id``); a loss or a reordering is not
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 import select
 import ssl
 import threading
 import time
-from collections import deque
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from examroom.agent.delivery import DeliveryWindow
 from examroom.agent.events import Event
 from examroom.agent.metrics import Metrics
+from examroom.agent.outbox import LiveOutbox, dumps
 from examroom.agent.spool import Spool
 from examroom.agent.waker import Waker
 from examroom.contract.topics import Topics
@@ -47,16 +45,6 @@ log = logging.getLogger(__name__)
 CommandHandler = Callable[[str, bytes, Any, bool], None]  # topic, payload, properties, retained
 IDLE_WAIT_S = 1.0  # the loop's longest sleep: keep-alive checks need a turn now and then
 GOODBYE_WAIT_S = 3.0  # how long a clean stop waits for the broker to take the offline status
-
-
-def _dumps(payload: dict[str, Any]) -> bytes:
-    """UTF-8 JSON; text that UTF-8 cannot carry (a lone surrogate typed into an argument)
-    goes out \\u-escaped rather than making the message unsendable."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    try:
-        return text.encode()
-    except UnicodeEncodeError:
-        return json.dumps(payload, separators=(",", ":")).encode()
 
 
 class Backoff:
@@ -77,14 +65,21 @@ class Backoff:
         return wait
 
 
-class _Live(NamedTuple):
-    """A message worth sending only now (heartbeat, status, reply): never spooled."""
-    topic: str
-    payload: bytes
-    retain: bool
-    correlation: bytes | None
-    probe: bool
-    command: str = ""
+def make_client(cfg: dict[str, Any], topics: Topics) -> mqtt.Client:
+    """A paho client as the uplink drives it: its own queue off (the spool is the queue)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                         client_id=topics.base.replace("/", "-"))
+    client.suppress_exceptions = True  # a raising callback must never kill the loop
+    client.max_inflight_messages_set(cfg["inflight"])
+    client.max_queued_messages_set(0)
+    if cfg["username"]:
+        client.username_pw_set(cfg["username"], cfg["password"] or None)
+    if cfg["tls_ca"] or cfg["tls_cert"]:
+        client.tls_set(ca_certs=cfg["tls_ca"] or None,
+                       certfile=cfg["tls_cert"] or None,
+                       keyfile=cfg["tls_key"] or None,
+                       cert_reqs=ssl.CERT_REQUIRED)
+    return client
 
 
 class Uplink:
@@ -101,16 +96,14 @@ class Uplink:
         self.will = will
         self.on_command = on_command
         self.session = 0
-        self.rtt_ms: float | None = None
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._client: mqtt.Client | None = None
         self._thread: threading.Thread | None = None
         self._waker = Waker()
         self._window = DeliveryWindow(spool, metrics, topics, int(mqtt_cfg["inflight"]))
-        self._outbox: deque[_Live] = deque()
+        self._outbox = LiveOutbox(topics)
         # loop-thread state
-        self._probe: dict[int, float] = {}  # heartbeat mid -> publish time, for the round trip
         self._goodbye_mid: int | None = None
         self._goodbye_acked = False
 
@@ -121,6 +114,11 @@ class Uplink:
         return self._window.rejected
 
     @property
+    def rtt_ms(self) -> float | None:
+        """The broker's round trip, measured on the heartbeat."""
+        return self._outbox.rtt_ms
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
@@ -129,18 +127,7 @@ class Uplink:
 
     def start(self) -> None:
         self.session = self.spool.last_session()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                             client_id=self.topics.base.replace("/", "-"))
-        client.suppress_exceptions = True  # a raising callback must never kill the loop
-        client.max_inflight_messages_set(self.cfg["inflight"])
-        client.max_queued_messages_set(0)
-        if self.cfg["username"]:
-            client.username_pw_set(self.cfg["username"], self.cfg["password"] or None)
-        if self.cfg["tls_ca"] or self.cfg["tls_cert"]:
-            client.tls_set(ca_certs=self.cfg["tls_ca"] or None,
-                           certfile=self.cfg["tls_cert"] or None,
-                           keyfile=self.cfg["tls_key"] or None,
-                           cert_reqs=ssl.CERT_REQUIRED)
+        client = make_client(self.cfg, self.topics)
         client.on_connect = self._guard(self._on_connect)
         client.on_disconnect = self._guard(self._on_disconnect)
         client.on_publish = self._guard(self._on_publish)
@@ -173,7 +160,7 @@ class Uplink:
         False when there is no connection to send it on."""
         if not self.connected:
             return False
-        self._outbox.append(_Live(self.topics.suffix(suffix), _dumps(payload), retain, None, probe))
+        self._outbox.put(suffix, payload, retain, probe)
         self._waker.wake()
         return True
 
@@ -181,8 +168,7 @@ class Uplink:
                       correlation: bytes | None = None) -> None:
         if not self.connected:
             return
-        self._outbox.append(_Live(topic, _dumps(payload), False, correlation, False,
-                                  str(payload.get("command"))))
+        self._outbox.put_reply(topic, payload, correlation)
         self._waker.wake()
 
     def alive(self) -> bool:
@@ -207,7 +193,7 @@ class Uplink:
         backoff = Backoff(float(self.cfg["reconnect_min_s"]), float(self.cfg["reconnect_max_s"]))
         while not self._stop.is_set():
             self.session = self.spool.next_session()
-            client.will_set(self.topics.status, _dumps(self.will(self.session)), qos=1, retain=True)
+            client.will_set(self.topics.status, dumps(self.will(self.session)), qos=1, retain=True)
             try:
                 client.connect(self.cfg["host"], self.cfg["port"], keepalive=self.cfg["keepalive_s"],
                                clean_start=True)
@@ -247,7 +233,7 @@ class Uplink:
                     client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4))
                     self._io(client, 0.1)  # flush the DISCONNECT if it did not go at once
                     return came_up
-            self._flush_outbox(client)
+            self._outbox.flush(client, self.connected)
             if self.connected and deadline is None:
                 came_up = True
                 self._window.fill(client, self.session)
@@ -284,26 +270,8 @@ class Uplink:
                 return False
         return True
 
-    def _flush_outbox(self, client: mqtt.Client) -> None:
-        while self._outbox:
-            msg = self._outbox.popleft()
-            if not self.connected:
-                continue  # live messages are worth nothing later
-            props = None
-            if msg.correlation is not None:
-                props = Properties(PacketTypes.PUBLISH)
-                props.CorrelationData = msg.correlation
-            try:
-                info = client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain, properties=props)
-            except ValueError:  # a Response Topic with wildcards: answer where the contract says
-                log.warning("unusable response topic %r; replying on reply/%s", msg.topic, msg.command)
-                info = client.publish(self.topics.reply(msg.command), msg.payload, qos=1,
-                                      properties=props)
-            if msg.probe and info.rc == mqtt.MQTT_ERR_SUCCESS:
-                self._probe[info.mid] = time.monotonic()
-
     def _say_goodbye(self, client: mqtt.Client) -> None:
-        info = client.publish(self.topics.status, _dumps(self.will(self.session) | {"clean": True}),
+        info = client.publish(self.topics.status, dumps(self.will(self.session) | {"clean": True}),
                               qos=1, retain=True)
         self._goodbye_mid = info.mid
         self._goodbye_acked = info.rc != mqtt.MQTT_ERR_SUCCESS  # nothing to wait for
@@ -326,14 +294,14 @@ class Uplink:
             return
         client.drop_out_messages()  # the spool resends in order; paho's copy would duplicate
         self._window.restart()
-        self._probe.clear()
+        self._outbox.restart()
         # Subscribe before the birth: the broker handles one connection's packets in order,
         # so whoever sees "online" can send a command and it will not fall on deaf ears.
         # retainHandling 2: a retained command is never sent to us (it would run again at every
         # reconnect); one that slips through anyway is refused by the handler (``retained``)
         opts = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
         client.subscribe([(self.topics.commands, opts), (self.topics.site_broadcast.commands, opts)])
-        client.publish(self.topics.status, _dumps(self.birth(self.session)), qos=1, retain=True)
+        client.publish(self.topics.status, dumps(self.birth(self.session)), qos=1, retain=True)
         log.info("connected to %s:%s, session %d", self.cfg["host"], self.cfg["port"], self.session)
         self._set_connected(True)
 
@@ -344,9 +312,7 @@ class Uplink:
         self._set_connected(False)
 
     def _on_publish(self, _c: mqtt.Client, _ud: Any, mid: int, reason: Any, _props: Any) -> None:
-        sent = self._probe.pop(mid, None)
-        if sent is not None:
-            self.rtt_ms = round((time.monotonic() - sent) * 1000, 2)
+        self._outbox.acknowledged(mid)
         if mid == self._goodbye_mid:
             self._goodbye_acked = True
         self._window.acknowledged(mid, reason)
