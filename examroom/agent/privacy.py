@@ -40,8 +40,10 @@ about: the neighbour's card is on the same desk), each occurrence -> ``***``:
 """
 from __future__ import annotations
 
+import importlib.util
 import re
 import unicodedata
+from pathlib import Path
 from typing import Iterable
 
 from examroom.drivers.gb11643 import (SEPARATOR, fold, longest_digit_run, mask_ids_in_text,
@@ -78,17 +80,34 @@ def _written(units: list[str]) -> str:
     return (r"(?<![A-Za-z])" if _latin(units[0]) else "") + body + (r"(?![A-Za-z])" if _latin(units[-1]) else "")
 
 
-def _readings(units: list[str]) -> list[list[str]] | None:
-    """Every toneless pinyin reading of each character, or None when one has none."""
-    from pypinyin import Style, lazy_pinyin, pinyin  # a dependency; imported where it is needed
+def _reading_table() -> dict[int, str]:
+    """pypinyin's table of every character's readings, loaded on its own: ``import pypinyin``
+    also loads its phrase dictionary, 55 MB of a room box's memory for good (the sim room's
+    idle RSS went from 83 to 175 MB), where this table is 12 MB and only while a seat plan's
+    names are turned into patterns."""
+    spec = importlib.util.find_spec("pypinyin")  # a dependency: its table, not its package
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("pypinyin is not installed", name="pypinyin")
+    table = importlib.util.spec_from_file_location("_examroom_pinyin_table",
+                                                   Path(spec.origin).with_name("pinyin_dict.py"))
+    assert table is not None and table.loader is not None
+    module = importlib.util.module_from_spec(table)
+    table.loader.exec_module(module)
+    return module.pinyin_dict
 
-    phrase = lazy_pinyin("".join(units), style=Style.NORMAL)  # the phrase dictionary's choice
+
+def _toneless(reading: str) -> str:
+    """``lǘ`` -> ``lv`` (pypinyin's own toneless spelling of ü), ``zhōng`` -> ``zhong``."""
+    decomposed = unicodedata.normalize("NFD", reading.lower()).replace("u\u0308", "v")
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _readings(units: list[str], table: dict[int, str]) -> list[list[str]] | None:
+    """Every toneless pinyin reading of each character, or None when one has none."""
     out = []
-    for i, ch in enumerate(units):
-        found = pinyin(ch, style=Style.NORMAL, heteronym=True)[0]
-        if len(phrase) == len(units):
-            found = [phrase[i], *found]
-        found = list(dict.fromkeys(s.lower() for s in found if _SYLLABLE.fullmatch(s.lower())))
+    for ch in units:
+        found = [_toneless(r) for r in table.get(ord(ch), "").split(",") if r]
+        found = list(dict.fromkeys(r for r in found if _SYLLABLE.fullmatch(r)))
         if not found:
             return None
         out.append(found)
@@ -99,9 +118,9 @@ def _syllable(readings: list[str]) -> str:
     return "(?:" + "|".join(re.escape(r).replace("v", "(?:v|u|yu)") for r in readings) + ")"
 
 
-def _pinyin(units: list[str]) -> str | None:
+def _pinyin(units: list[str], table: dict[int, str]) -> str | None:
     """The name in pinyin, surname first or last, as whole words; None if it has no pinyin."""
-    readings = _readings(units)
+    readings = _readings(units, table)
     if readings is None:
         return None
     syl = [_syllable(r) for r in readings]
@@ -115,13 +134,15 @@ class Scrubber:
 
     def __init__(self, names: Iterable[str] = ()) -> None:
         alternatives: list[tuple[int, int, str]] = []  # (characters, written (1) or pinyin (0), pattern)
+        table: dict[int, str] | None = None  # loaded for the first Chinese name, dropped after
         for name in sorted({n.strip() for n in names if isinstance(n, str) and n.strip()}):
             units = [c for c in fold(name)[0] if not _SEP_CHAR.match(c)]
             if not units:
                 continue
             alternatives.append((len(units), 1, _written(units) if len(units) >= 2 else re.escape(units[0])))
             if len(units) >= 2 and all(_is_han(u) for u in units):
-                p = _pinyin(units)
+                table = table if table is not None else _reading_table()
+                p = _pinyin(units, table)
                 if p is not None:
                     alternatives.append((len(units), 0, p))
         # longest first, so a name that contains another is blanked whole (a stable sort: the
