@@ -15,6 +15,7 @@ DEBS=(
   libasound2-dev alsa-utils            # ALSA capture (pyalsaaudio builds against it)
   sox espeak-ng                        # test signals for the audio monitor
   chrony                               # time sync the clock driver reads (replaces systemd-timesyncd)
+  chromium chromium-driver             # the site board's tests drive a real headless browser
 )
 
 missing=()
@@ -41,6 +42,6 @@ fi
 stamp=.venv/.examroom-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing the agent into .venv (pyscard and pyalsaaudio compile: a minute)"
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[hw,dev]"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[hw,site,dev]"
   touch "$stamp"
 fi

@@ -264,7 +264,7 @@ def _check_backoff(mq: dict[str, Any], given: Any, file: str) -> list[Problem]:
     return [Problem(file, "mqtt.reconnect_min_s", f"expected <= reconnect_max_s ({hi})", lo)]
 
 
-def _check_tls(mq: dict[str, Any], file: str) -> list[Problem]:
+def check_tls(mq: dict[str, Any], file: str) -> list[Problem]:
     """Load the TLS files as the uplink will, so a wrong key fails here (exit 2, no restart
     loop under systemd) rather than on every start of the service."""
     import ssl
@@ -314,7 +314,7 @@ def parse(text: str, file: str) -> Config:
         if mq.get(key) and not Path(mq[key]).is_file():
             problems.append(Problem(file, f"mqtt.{key}", "expected an existing file", mq[key]))
     if not problems:
-        problems.extend(_check_tls(mq, file))
+        problems.extend(check_tls(mq, file))
     problems.extend(_check_cleartext(mq, file))
     devices = _check_devices(raw.get("device", []), file, base_dir, problems)
     proctors = _check_proctors(raw.get("proctor", []), file, problems)

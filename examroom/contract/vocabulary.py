@@ -215,3 +215,12 @@ class Incident:
 
     def as_dict(self) -> dict[str, Any]:
         return {"type": self.type.value, **self.fields}
+
+
+class GapVerdict(Word):
+    """What the aggregator concluded about a jump in a room's ``seq`` (docs/site.md)."""
+
+    PENDING = "pending"  # not explained yet: the box's drop counter may still come
+    DROPPED_TELEMETRY = "dropped_telemetry"  # the box's spool dropped as many telemetry events
+    MISSING_EVIDENCE = "missing_evidence"  # unexplained: events that should exist never arrived
+    FILLED = "filled"  # the missing events arrived late after all
