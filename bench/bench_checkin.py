@@ -49,6 +49,7 @@ from examroom.drivers.bus import DeviceEvent  # noqa: E402
 from examroom.agent.config import load  # noqa: E402
 from examroom.agent.daemon import Agent  # noqa: E402
 from examroom.agent.seatplan import load_seatplan  # noqa: E402
+from examroom.contract.vocabulary import EventKind  # noqa: E402
 from devkit.localbroker import Broker  # noqa: E402
 from examroom.drivers.events import CardPresented, Identity, MetalAlarm, SweepButton  # noqa: E402
 from examroom.drivers.gb11643 import check_digit  # noqa: E402
@@ -186,8 +187,8 @@ class Probe:
 def photo_lags(probe: Probe) -> list[float]:
     """Seconds from each ``checkin`` emit to its ``snapshot`` emit. One worker takes the photos
     in the order they were asked for, so the i-th snapshot is the i-th check-in's."""
-    checkins = [out for kind, _, out in probe.emits if kind == "checkin"]
-    shots = [out for kind, _, out in probe.emits if kind == "snapshot"]
+    checkins = [out for kind, _, out in probe.emits if kind == EventKind.CHECKIN]
+    shots = [out for kind, _, out in probe.emits if kind == EventKind.SNAPSHOT]
     assert len(shots) == len(checkins), (len(shots), len(checkins))
     return [b - a for a, b in zip(checkins, shots)]
 
@@ -255,7 +256,7 @@ def latency(tmp: Path, port: int, plan_size: int, n: int, sync: str, camera: boo
             t1 = time.perf_counter()
             sub.wait(i + 1)
             t_sub = sub.received[i][0]
-            _, e_in, e_out = next(e for e in probe.emits[k:] if e[0] == "checkin")  # photos interleave
+            _, e_in, e_out = next(e for e in probe.emits[k:] if e[0] == EventKind.CHECKIN)  # photos interleave
             verdicts[json.loads(sub.received[i][1])["data"]["verdict"]] += 1
             agent_s.append(e_out - t0)
             emit_s.append(e_out - e_in)
@@ -344,7 +345,7 @@ def whole_room(tmp: Path, port: int, seats: int, poll: float, alarm_every: int, 
             t_tap = time.perf_counter()
             reader.simulate("card", [ids[s], f"考生{s + 1}"])
             t_card = probe.wait_event(lambda e: isinstance(e, CardPresented), k)
-            t_chk = wait_kind("checkin", s + 1)
+            t_chk = wait_kind(EventKind.CHECKIN, s + 1)
             tap_to_card.append(t_card - t_tap)
             card_to_sub.append(t_chk - t_card)
             reader.simulate("remove", [])  # the candidate takes the card and steps to the sweep
@@ -361,16 +362,16 @@ def whole_room(tmp: Path, port: int, seats: int, poll: float, alarm_every: int, 
             t_press = time.perf_counter()
             detector.simulate("button", ["clear"])
             t_button = probe.wait_event(lambda e: isinstance(e, SweepButton) and e.button == "clear", k)
-            t_sweep = wait_kind("sweep", s + 1)
+            t_sweep = wait_kind(EventKind.SWEEP, s + 1)
             press_to_button.append(t_button - t_press)
             button_to_sub.append(t_sweep - t_button)
-            results[json.loads([p for _, p in sub.received if json.loads(p).get("kind") == "sweep"][-1])
+            results[json.loads([p for _, p in sub.received if json.loads(p).get("kind") == EventKind.SWEEP][-1])
                     ["data"]["result"]] += 1
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         verdicts: dict[str, int] = defaultdict(int)
         for _, p in sub.received:
             m = json.loads(p)
-            if m.get("kind") == "checkin":
+            if m.get("kind") == EventKind.CHECKIN:
                 verdicts[m["data"]["verdict"]] += 1
     finally:
         sub.close()

@@ -28,6 +28,7 @@ from devkit.localbroker import Broker  # noqa: E402
 from examroom.agent.metrics import Metrics  # noqa: E402
 from examroom.agent.spool import Spool  # noqa: E402
 from examroom.agent.uplink import Uplink  # noqa: E402
+from examroom.contract.vocabulary import EventKind  # noqa: E402
 
 
 # a subscriber slower than the publisher must not lose messages to the queue limit
@@ -81,7 +82,7 @@ def wait_connected(up: Uplink) -> None:
 
 
 def emit(spool: Spool, up: Uplink, i: int) -> None:
-    ev = spool.append("note", {"text": f"bench {i}"}, up.session, up.connected)
+    ev = spool.append(EventKind.NOTE, {"text": f"bench {i}"}, up.session, up.connected)
     up.offer(ev)
 
 
