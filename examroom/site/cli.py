@@ -29,6 +29,12 @@ def cmd_run(args: argparse.Namespace, cfg: SiteConfig) -> int:
     app.start()
     if app.board is not None:
         print(f"examroom-site: board on {app.board.url}", flush=True)
+    if app.subscriber.wait_connected(10):
+        print(f"examroom-site: following {cfg.prefix}/{cfg.site['id']}/# on "
+              f"{cfg.mqtt['host']}:{cfg.mqtt['port']}", flush=True)
+    else:
+        print(f"examroom-site: broker {cfg.mqtt['host']}:{cfg.mqtt['port']} not reachable yet; "
+              "retrying in the background", file=sys.stderr, flush=True)
     try:
         stop.wait()
     finally:

@@ -108,7 +108,7 @@ class Subscriber:
         self._connected.set()
 
     def _on_disconnect(self, *_args: Any) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stop.is_set():
             log.warning("aggregator disconnected from the broker; paho reconnects")
         self._connected.clear()
 
