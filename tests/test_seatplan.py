@@ -105,8 +105,8 @@ def test_a_headerless_csv_is_refused_without_echoing_the_first_row(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_seatplan(write(tmp_path, f"12,1,T1,张三,{ID1},,,\n"), "12")
     assert problems(e) == [("header", "the first line names none of the columns; expected the header row "
-                            "room,seat,ticket,name,id_number,card_uids,photo,medical_metal "
-                            "(card_uids, photo, medical_metal optional)", None)]
+                            "room,seat,ticket,name,id_number,card_uids,photo,medical_metal,special_items "
+                            "(card_uids, photo, medical_metal, special_items optional)", None)]
     assert ID1[6:14] not in str(e.value) and "张三" not in str(e.value)
 
 
@@ -189,7 +189,7 @@ def test_unknown_csv_column_is_refused_with_a_suggestion(tmp_path):
         load_seatplan(p, "1")
     assert [(x.file, x.key, x.message) for x in e.value.problems] == [
         (str(p), "header", "unknown column 'medical_metl' (did you mean 'medical_metal'?); accepted columns: "
-         "room, seat, ticket, name, id_number, card_uids, photo, medical_metal")]
+         "room, seat, ticket, name, id_number, card_uids, photo, medical_metal, special_items")]
     with pytest.raises(ConfigError) as e:  # no near match: no guess, still the accepted list
         load_seatplan(write(tmp_path, "room,seat,ticket,name,id_number,remarks,,seat\n"), "1")
     got = [m for _, m, _ in problems(e)]
@@ -209,7 +209,7 @@ def test_unknown_json_keys_are_refused(tmp_path):
     assert [(k, m) for k, m, _ in problems(e)] == [
         ("(top level)", "unknown key 'rooom' (did you mean 'room'?); accepted keys: room, candidates"),
         ("candidates[0].medical_metl", "unknown key (also in 2 more) (did you mean 'medical_metal'?); accepted "
-         "keys: seat, ticket, name, id_number, card_uids, photo, medical_metal"),
+         "keys: seat, ticket, name, id_number, card_uids, photo, medical_metal, special_items"),
         ("candidates[0].room", "unknown key; the room is given once, at the top level")]
 
 

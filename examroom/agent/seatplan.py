@@ -27,10 +27,12 @@ from examroom.drivers.gb11643 import is_valid, mask_id, mask_ids_in_text
 
 REQUIRED = ("seat", "ticket", "name", "id_number")
 _FLAGS = ("medical_metal",)
-FIELDS = REQUIRED + ("card_uids", "photo") + _FLAGS  # the keys of one candidate
+FIELDS = REQUIRED + ("card_uids", "photo") + _FLAGS + ("special_items",)  # the keys of one candidate
 CSV_COLUMNS = ("room",) + FIELDS                      # a CSV repeats its room on every row
 JSON_KEYS = ("room", "candidates")                    # a JSON plan gives its room once
 _UID = re.compile(r"^(?:[0-9A-F]{2}){4,10}$")
+_ITEM_SEP = re.compile(r"[;；、]")  # a list in one CSV cell: "助听器;胰岛素笔" or "助听器、胰岛素笔"
+MAX_ITEM = 40
 _TRUE = {"true", "1", "yes", "y", "是"}
 _FALSE = {"false", "0", "no", "n", "否", ""}
 
@@ -59,6 +61,9 @@ class Candidate:
     card_uids: tuple[str, ...] = ()
     photo: str = ""
     medical_metal: bool = False
+    # approved special items (考生因身体原因需要带入考场的特殊物品): may tell a health condition,
+    # so only their number leaves the box; the names stay on the room's own record
+    special_items: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def id_masked(self) -> str:
@@ -162,7 +167,7 @@ def _unknown(name: str, accepted: tuple[str, ...], kind: str) -> str:
 
 def _csv_header(header: list[str], file: str, room_id: str, problems: list[Problem]) -> bool:
     """Check the header row; False when rows cannot be read against it at all."""
-    expected = "expected the header row " + ",".join(CSV_COLUMNS) + " (card_uids, photo, medical_metal optional)"
+    expected = "expected the header row " + ",".join(CSV_COLUMNS) + " (card_uids, photo, medical_metal, special_items optional)"
     if not header:
         problems.append(Problem(file, "header", expected))
         return False
@@ -313,6 +318,16 @@ def _uids(v: Any) -> list[str] | None:
     return None
 
 
+def _items(v: Any) -> list[str] | None:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        v = _ITEM_SEP.split(v)
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return [x.strip() for x in v if x.strip()]
+    return None
+
+
 def _candidate(where: str, row: dict[str, Any], file: str, problems: list[Problem]) -> Candidate | None:
     before = len(problems)
     vals: dict[str, str] = {}
@@ -354,11 +369,16 @@ def _candidate(where: str, row: dict[str, Any], file: str, problems: list[Proble
     photo = row.get("photo") or ""
     if not isinstance(photo, str):
         problems.append(Problem(file, f"{where}.photo", "expected a file name", _echo(photo)))
+    items = _items(row.get("special_items"))
+    if items is None or any(len(x) > MAX_ITEM for x in items):
+        problems.append(Problem(file, f"{where}.special_items",
+                                f'expected approved items of at most {MAX_ITEM} characters, "助听器;胰岛素笔" '
+                                'or a list', _echo(row.get("special_items"))))
     if len(problems) > before:
         return None
     return Candidate(seat=norm_seat(vals["seat"]), ticket=vals["ticket"], name=vals["name"],
                      id_number=vals["id_number"], card_uids=tuple(uids or ()),
-                     photo=str(photo).strip(), **flags)
+                     photo=str(photo).strip(), special_items=tuple(items or ()), **flags)
 
 
 def _dup_keys(row: dict[str, Any]) -> list[tuple[str, str]]:

@@ -165,6 +165,7 @@ def _candidate_rows(state: SessionState, session: Session, plan: SeatPlan) -> li
             "reentries": sum(1 for e in admitted if e.get("reentry")),
             "left": sum(1 for e in mine if e["verdict"] == Verdict.LEFT),
             "medical_metal": c.medical_metal,
+            "special_items": list(c.special_items),
             "sweep_results": [s["result"] for s in sweeps],
             "alarms": sum(s["alarms"] for s in sweeps),
             "rechecks": sum(s["rechecks"] for s in sweeps),
@@ -267,7 +268,8 @@ def published(state: SessionState, session: Session, plan: SeatPlan,
 
 
 CSV_COLUMNS = ("record", "seat", "ticket", "name", "id_masked", "status", "admitted_at", "method",
-               "reentries", "sweep_results", "alarms", "rechecks", "medical_metal", "time", "detail")
+               "reentries", "sweep_results", "alarms", "rechecks", "medical_metal", "special_items", "time",
+               "detail")
 
 
 def _csv(rows: list[dict[str, Any]], state: SessionState, session: Session) -> str:
@@ -279,7 +281,8 @@ def _csv(rows: list[dict[str, Any]], state: SessionState, session: Session) -> s
                            + ([f"confirmed by {', '.join(r['suspect_confirmed_by'])}"]
                               if r["suspect_confirmed_by"] else []))
         w.writerow({**r, "record": "candidate", "sweep_results": " ".join(r["sweep_results"]),
-                    "medical_metal": "yes" if r["medical_metal"] else "", "detail": detail})
+                    "medical_metal": "yes" if r["medical_metal"] else "",
+                    "special_items": "; ".join(r["special_items"]), "detail": detail})
     for s in state.sweeps:
         if s.get("unassociated"):
             w.writerow({"record": "unassociated_sweep", "time": session.iso(s["time"]),

@@ -60,7 +60,7 @@ class SweepLog:
             "session": session.id, "seat": p.seat, "unassociated": False, "device": device,
             "alarms": p.alarms, "rechecks": p.rechecks, "started": p.started, "cleared": now,
             "duration_s": round(now - p.started, 3), "medical_metal_exempt": exempt,
-            "result": result, "time": now}
+            "special_items": len(cand.special_items) if cand else 0, "result": result, "time": now}
         self._book.publish(session.id, EventKind.SWEEP, data)
         return data
 

@@ -33,7 +33,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     EventKind.CHECKIN: ("room", "seat", "ticket", "id_masked", "verdict", "method", "device", "time",
                         "reentry", "reason", "seq", "id"),
     EventKind.SWEEP: ("room", "seat", "result", "alarms", "rechecks", "started", "cleared", "duration_s",
-                      "medical_metal_exempt", "device", "seq", "id"),
+                      "medical_metal_exempt", "special_items", "device", "seq", "id"),
     EventKind.INCIDENT: ("room", "type", "device", "cause", "phase", "start", "end", "duration_s", "seq", "id"),
     EventKind.ATTENDANCE: ("room", "total", "present", "absent", "late_refused", "suspects", "manual_admissions",
                            "pending_sweep", "complete", "cutoff", "time", "seatplan_sha256", "seq", "id"),
