@@ -157,6 +157,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                      + (f" ({d['reason']})" if d.get("reason") else ""))
     if resp.get("exam"):
         lines.append("exam:      " + json.dumps(resp["exam"], ensure_ascii=False))
+    if resp.get("pushes"):
+        from examroom.agent.cli_exam import pushes_text
+
+        lines.append(pushes_text(resp["pushes"]))
     return _reply(resp, "\n".join(lines))
 
 

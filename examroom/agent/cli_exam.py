@@ -1,4 +1,5 @@
-"""CLI subcommands for exam work in the room: check-in fallbacks, audio, camera.
+"""CLI subcommands for exam work in the room: check-in fallbacks, audio, camera, and the
+answer to an instruction the site pushed (``ack``, ``pushes``).
 
 Kept apart from cli.py so each file is about one audience: these are what a
 proctor's helper or a technician types during entry and listening. Each prints
@@ -111,6 +112,21 @@ def trial_text(d: dict[str, Any]) -> tuple[str, int]:
     return "\n".join(lines), 0 if ok else 1
 
 
+def pushes_text(pending: list[dict[str, Any]]) -> str:
+    """Pushed instructions waiting for a person, oldest first (status and ``pushes``)."""
+    if not pending:
+        return "no pushed instruction is waiting for acknowledgement"
+    lines = [f"{len(pending)} pushed instruction(s) waiting; answer with: examroom-agent ack [PUSH_ID] --by YOUR_ID"]
+    for p in pending:
+        lines.append(f"  {p.get('push_id')}  {p.get('age_s')} s ago  {p.get('text')}")
+    return "\n".join(lines)
+
+
+def ack_text(d: dict[str, Any]) -> tuple[str, int]:
+    return (f"push {d.get('push_id')} acknowledged by {d.get('by')}, {d.get('after_s')} s after it was shown: "
+            f"{d.get('text')}"), 0
+
+
 def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callable) -> None:
     def run(a: argparse.Namespace, cmd: str, args: dict[str, Any], human: Human,
             timeout: float = 30.0) -> int:
@@ -193,6 +209,22 @@ def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callabl
     sp.set_defaults(fn=lambda a: run(a, "trial_listening", {"seconds": a.seconds, "device": a.device},
                                      trial_text, timeout=a.seconds + 30))
 
+    def ack_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("push_id", nargs="?", help="which push (default: the oldest waiting)")
+        sp.add_argument("--by", required=True, help="who answers: your proctor id (recorded, sent to the site)")
+
+    leaf(sub, "ack", "acknowledge an instruction pushed by the site (指令推送)", "push_ack",
+         lambda a: {"push_id": a.push_id, "by": a.by}, ack_args, ack_text)
+    def pushes(a: argparse.Namespace) -> int:
+        resp = call(a, "status")
+        if not resp.get("ok"):
+            return reply(resp)
+        pending = resp.get("pushes") or []
+        return reply({"ok": True, "pushes": pending}, None if a.json else pushes_text(pending))
+
+    sp = with_config(sub.add_parser("pushes", help="pushed instructions waiting for acknowledgement, with their age"))
+    sp.add_argument("--json", action="store_true", help="print the list as JSON")
+    sp.set_defaults(fn=pushes)
     leaf(sub, "snapshot", "take a camera snapshot kept on the box", "snapshot",
          lambda a: {"tag": a.tag}, lambda sp: sp.add_argument("tag", nargs="?", default="manual"),
          snapshot_text)

@@ -5,10 +5,12 @@ box) and MQTT ``cmd/{name}`` (the site), so both get the same behaviour.
 ``WHERE`` is the one list of commands: over MQTT only those marked ``site``
 are accepted (no simulation, no check-in decisions: those belong to proctors
 in the room). How a site request is answered and recorded is
-``remote_commands.py``.
+``remote_commands.py``. A command only the site may send (``push``) is refused
+on the control socket (``Commands.local``).
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from examroom.agent.checkin import CheckinStation
@@ -17,6 +19,7 @@ from examroom.agent.devices import Devices, selftest_verdict
 from examroom.agent.exam_lock import ExamLock
 from examroom.agent.photos import Photos
 from examroom.agent.privacy import has_id_like_digits
+from examroom.agent.pushes import Pushes
 from examroom.agent.trial_reports import TrialReports
 from examroom.contract.vocabulary import EventKind, SwitchReason
 from examroom.drivers.base import Driver
@@ -40,9 +43,13 @@ WHERE: dict[str, frozenset[str]] = {
     "checkin_leave": frozenset({LOCAL}),
     "checkin_state": frozenset({LOCAL}),
     "exam_lock": frozenset({LOCAL, SITE}),
+    "push": frozenset({SITE}),  # an instruction from above (指令推送): the site pushes, the room answers
+    "push_ack": frozenset({LOCAL}),  # ... and a person in the room answers it, never the site
 }
 REMOTE = frozenset(name for name, where in WHERE.items() if SITE in where)
 MAX_NOTE = 2000
+MAX_PUSH = 500
+PUSH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _text(args: dict[str, Any], key: str, limit: int = 200) -> str:
@@ -69,7 +76,7 @@ class Commands:
     def __init__(self, *, emit: Emit, clock: Callable[[], float], devices: Devices,
                  status: Callable[[], dict[str, Any]], scrub: Callable[[str], str],
                  lock: ExamLock, station: Callable[[], CheckinStation | None],
-                 photos: Photos, trials: TrialReports,
+                 photos: Photos, trials: TrialReports, pushes: Pushes | None = None,
                  switch_by: Callable[[str, str], None] = lambda device, by: None) -> None:
         self._emit = emit
         self._clock = clock
@@ -81,13 +88,25 @@ class Commands:
         self._station = station  # the room's, once it started (None: no seat plan)
         self._photos = photos
         self._trials = trials
+        self._pushes = pushes if pushes is not None else Pushes(emit, scrub)  # without a roster: anyone answers
         self.table: dict[str, Handler] = {
             "ping": self.ping, "status": self.status, "note": self.note, "selftest": self.selftest,
             "snapshot": self.snapshot, "audio_switch": self.audio_switch, "trial_listening": self.trial,
             "sim": self.sim, "checkin_admit": self.admit, "checkin_suspect": self.suspect,
             "checkin_confirm": self.confirm, "checkin_leave": self.leave, "checkin_state": self.checkin_state,
-            "exam_lock": self.exam_lock}
+            "exam_lock": self.exam_lock, "push": self.push, "push_ack": self.push_ack}
         assert set(self.table) == set(WHERE), "every command is listed in WHERE, and only those"
+
+    @property
+    def local(self) -> dict[str, Handler]:
+        """The control socket's table: a site-only command is refused there by name, so a
+        person at the box cannot fake an instruction from above."""
+        def site_only(name: str) -> Handler:
+            def refuse(_args: dict[str, Any]) -> dict[str, Any]:
+                raise RequestError(f"command {name!r} comes only from the site over MQTT")
+            return refuse
+
+        return {name: handler if LOCAL in WHERE[name] else site_only(name) for name, handler in self.table.items()}
 
     # -- the box ------------------------------------------------------------
     def ping(self, _args: dict[str, Any]) -> dict[str, Any]:
@@ -145,6 +164,17 @@ class Commands:
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 1 <= seconds <= 300:
             raise RequestError("'seconds' must be a number from 1 to 300")
         return self._trials.keep(self._audio_device(_arg(args, "device", False)).trial(float(seconds)))
+
+    def push(self, args: dict[str, Any]) -> dict[str, Any]:
+        push_id = _arg(args, "push_id")
+        if not PUSH_ID.fullmatch(push_id or ""):
+            raise RequestError("'push_id' must be 1-64 of [A-Za-z0-9_-]")
+        return self._pushes.show(push_id, _text(args, "text", MAX_PUSH), _by(args))
+
+    def push_ack(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``by`` is the person answering (a roster id when the room has one); the record
+        also names the Unix user on the socket, as every decision made at the box does."""
+        return self._pushes.ack(_arg(args, "push_id", False), _text(args, "by", 64), _by(args))
 
     def _audio_device(self, name: str | None) -> Driver:
         if name:

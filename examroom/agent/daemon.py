@@ -33,6 +33,7 @@ from examroom.agent.instance import InstanceLock, StartFailed
 from examroom.agent.metrics import Metrics
 from examroom.agent.metrics_bridge import MetricsBridge
 from examroom.agent.photos import Photos
+from examroom.agent.pushes import Pushes
 from examroom.agent.remote_commands import RemoteCommands
 from examroom.agent.retention import Retention
 from examroom.agent.room import Room
@@ -70,12 +71,13 @@ class Agent:
         self.room = Room(config.room["id"], config.schedule, plan, ck["record_dir"], ck["journal"],
                          config.listening["auto_switch_backup"], self.bus, self.emit, clock, self.devices,
                          self.photos, roster=[p["id"] for p in config.proctors])
+        self.pushes = Pushes(self.emit, self.room.scrub, [p["id"] for p in config.proctors], clock)
         self.commands = Commands(
             emit=self.emit, clock=clock, devices=self.devices, status=self.status, scrub=self.room.scrub,
             lock=ExamLock(config.schedule, clock, self.emit, self.room.scrub),
             station=lambda: self.room.station, photos=self.photos,
             trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident),
-            switch_by=self.room.switch_by)
+            pushes=self.pushes, switch_by=self.room.switch_by)
         self.retention = Retention(
             config.retention["keep_days"],
             [ck["record_dir"], *(dc.options["snapshot_dir"] for dc in config.devices if dc.options.get("snapshot_dir"))],
@@ -83,7 +85,7 @@ class Agent:
         self.remote = RemoteCommands(self.commands.table, self.emit, self._reply, config.topics)
         self.uplink = Uplink(config.mqtt, config.topics, self.spool, self.metrics, self._birth, self._will,
                              self.remote.on_mqtt)
-        self.control = ControlServer(config.control["socket"], self.commands.table)
+        self.control = ControlServer(config.control["socket"], self.commands.local)
         self.started_mono = time.monotonic()
         self.last_heartbeat: str | None = None
         self._stop = threading.Event()
@@ -156,7 +158,8 @@ class Agent:
                            "rtt_ms": self.uplink.rtt_ms},
                 "state": state, "alerts": alerts,
                 "spool": self.spool.depth(), "last_heartbeat": self.last_heartbeat,
-                "devices": self.devices.statuses(), "exam": self.room.exam_state()}
+                "devices": self.devices.statuses(), "exam": self.room.exam_state(),
+                "pushes": self.pushes.pending()}
 
     def publish_state_if_changed(self) -> None:
         """The retained status follows the room between online and alert."""

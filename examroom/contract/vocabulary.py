@@ -121,6 +121,8 @@ class EventKind(Word):
     CLOCK = "clock"
     DEVICE = "device"
     FORCED = "forced"  # a disruptive action forced through the exam lock
+    PUSH = "push"  # an instruction pushed by the site, shown in the room (指令推送)
+    PUSH_ACK = "push_ack"  # a person in the room answered it
 
 
 # Evidence is what a cheating case or an incident report may rest on: never dropped from the
