@@ -12,6 +12,7 @@ import threading
 from typing import Callable
 
 from examroom.agent.errors import ConfigError
+from examroom.site import jointtest_cli, push_cli
 from examroom.site.config import SiteConfig, load
 
 EXIT_CODES = ("exit codes: 0 done or every room passed; 1 a check failed (a room failed, a push "
@@ -62,12 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--exam", help="one exam session id (default: every one)")
     sp.add_argument("--room", action="append", help="only this room (repeatable)")
     sp.set_defaults(func=cmd_export)
-    for module in ("examroom.site.jointtest_cli", "examroom.site.push_cli"):
-        try:
-            __import__(module, fromlist=["add_parsers"]).add_parsers(sub)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
+    jointtest_cli.add_parsers(sub)
+    push_cli.add_parsers(sub)
     return p
 
 
