@@ -45,6 +45,21 @@ def _host(v: str) -> bool:
     return bool(v) and not any(c.isspace() for c in v)
 
 
+def time_zone(v: str) -> bool:
+    """An IANA zone name this machine knows (tzdata), e.g. Asia/Shanghai."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(v)
+        return True
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+
+
+def _sha256_or_empty(v: str) -> bool:
+    return v == "" or bool(re.fullmatch(r"[0-9a-f]{64}", v))
+
+
 def _listen(v: str) -> bool:
     if v == "":
         return True
@@ -113,6 +128,32 @@ SCHEMA: dict[str, dict[str, Option]] = {
                             expected="at least 1 day",
                             help="records, reports, snapshots and journal entries are kept this long: "
                                  "half a year after results are published (about a month after the exam)"),
+    },
+    # the exam-day procedure, per province (docs/procedure.md): the defaults are the national
+    # rules the notices quote; a province changes what it does differently
+    "procedure": {
+        "timezone": Option(str, default="Asia/Shanghai", check=time_zone,
+                           expected="an IANA time zone such as Asia/Shanghai",
+                           help="every time a person reads (CLI, records, the door page) is in this zone"),
+        "handin_not_before_end_min": Option((int, float), default=0, check=lambda v: 0 <= v <= 600,
+                                            expected="0-600 minutes",
+                                            help="earliest hand-in, minutes before the end signal (0: only at it)"),
+        "end_warning_min": Option((int, float), default=15, check=lambda v: 0 < v <= 120,
+                                  expected="1-120 minutes", help="the reminder signal before the end"),
+        "clock_tolerance_s": Option((int, float), default=1.0, check=lambda v: 0 < v <= 60,
+                                    expected="0-60 seconds",
+                                    help="time_check: a room clock further off than this is reported wrong"),
+        "proctors_required": Option(int, default=2, check=lambda v: 1 <= v <= 4, expected="1-4 proctors"),
+        "require_woman": Option(bool, default=True, help="at least one woman among the room's proctors"),
+        "distinct_units": Option(bool, default=True, help="the room's proctors come from different units"),
+        "violation_codes": Option(str, default="", path=True,
+                                  help="the province's violation code list (CSV code,text,escalate); "
+                                       "empty: the list shipped in config/violation-codes.csv"),
+        "seatplan_sha256": Option(str, default="", check=_sha256_or_empty,
+                                  expected="64 lower-case hex characters, or empty",
+                                  help="the seat plan's SHA-256 the site distributed: entry stays shut on a mismatch"),
+        "photo_dir": Option(str, default="", path=True,
+                            help="where the seat plan's photo files are; each is checked at start"),
     },
     "log": {
         "level": Option(str, default="INFO",

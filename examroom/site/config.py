@@ -6,23 +6,14 @@ same options.
 from __future__ import annotations
 
 import tomllib
-import zoneinfo
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from examroom.agent.config import SCHEMA as AGENT_SCHEMA
-from examroom.agent.config import check_table, check_tls
+from examroom.agent.config import check_table, check_tls, time_zone
 from examroom.agent.errors import ConfigError, Problem
 from examroom.drivers.base import Option
-
-
-def _zone(v: str) -> bool:
-    try:
-        zoneinfo.ZoneInfo(v)
-        return True
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return False
 
 
 _MQTT_KEYS = ("host", "port", "topic_prefix", "keepalive_s", "username", "password",
@@ -31,7 +22,7 @@ SCHEMA: dict[str, dict[str, Option]] = {
     "site": {
         "id": AGENT_SCHEMA["site"]["id"],
         "name": AGENT_SCHEMA["site"]["name"],
-        "timezone": Option(str, default="Asia/Shanghai", check=_zone,
+        "timezone": Option(str, default="Asia/Shanghai", check=time_zone,
                            expected="an IANA time zone such as Asia/Shanghai",
                            help="every time a person reads (board, reports) is in this zone"),
     },
