@@ -77,7 +77,10 @@ class Commands:
                  status: Callable[[], dict[str, Any]], scrub: Callable[[str], str],
                  lock: ExamLock, station: Callable[[], CheckinStation | None],
                  photos: Photos, trials: TrialReports, pushes: Pushes | None = None,
-                 switch_by: Callable[[str, str], None] = lambda device, by: None) -> None:
+                 switch_by: Callable[[str, str], None] = lambda device, by: None,
+                 extra: dict[str, Handler] | None = None) -> None:
+        """``extra``: the handlers of components that own their commands (procedure steps),
+        each also listed in ``WHERE``."""
         self._emit = emit
         self._clock = clock
         self._devices = devices
@@ -94,7 +97,7 @@ class Commands:
             "snapshot": self.snapshot, "audio_switch": self.audio_switch, "trial_listening": self.trial,
             "sim": self.sim, "checkin_admit": self.admit, "checkin_suspect": self.suspect,
             "checkin_confirm": self.confirm, "checkin_leave": self.leave, "checkin_state": self.checkin_state,
-            "exam_lock": self.exam_lock, "push": self.push, "push_ack": self.push_ack}
+            "exam_lock": self.exam_lock, "push": self.push, "push_ack": self.push_ack, **(extra or {})}
         assert set(self.table) == set(WHERE), "every command is listed in WHERE, and only those"
 
     @property
