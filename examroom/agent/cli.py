@@ -31,9 +31,13 @@ EXIT_CODES = ("exit codes: 0 success; 1 check failed, agent unreachable, or run 
 
 
 def _load(path: str):
+    """The config, and the exam's zone for every time this CLI prints."""
     from examroom.agent.config import load
+    from examroom.agent.human_time import use_zone
 
-    return load(path)
+    cfg = load(path)
+    use_zone(cfg.procedure["timezone"])
+    return cfg
 
 
 def _print(obj: Any) -> None:
@@ -205,6 +209,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         tls = {"ca": args.cafile or cfg.mqtt["tls_ca"], "cert": args.cert or cfg.mqtt["tls_cert"],
                "key": args.key or cfg.mqtt["tls_key"]}
     else:
+        from examroom.agent.human_time import use_zone
+
+        use_zone(args.timezone)
         host, port, prefix = args.host, args.port, args.prefix
     return watch(host, port, prefix, raw=args.raw, duration=args.duration, tls=tls)
 
@@ -254,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefix", default="exam")
     sp.add_argument("--raw", action="store_true", help="print topic and payload as received")
     sp.add_argument("--duration", type=float, help="stop after this many seconds")
+    sp.add_argument("--timezone", default="Asia/Shanghai",
+                    help="the exam's zone for the times printed (with --config: its [procedure] timezone)")
     sp.add_argument("--cafile", help="CA certificate of a TLS broker")
     sp.add_argument("--cert", help="client certificate (aggregator/ops) for a TLS broker")
     sp.add_argument("--key", help="its private key")

@@ -12,9 +12,9 @@ whoever typed the command (or a script) must not take it for a success.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 from typing import Any, Callable
 
+from examroom.agent import human_time
 from examroom.contract.vocabulary import Verdict
 
 Human = Callable[[dict[str, Any]], tuple[str, int]]  # reply -> (text, exit code)
@@ -27,10 +27,8 @@ REFUSED = {
 
 
 def _clock(ts: Any) -> str:
-    """A time a proctor compares with the wall clock: the box's local time of day."""
-    if not isinstance(ts, (int, float)):
-        return "?"
-    return datetime.fromtimestamp(ts).astimezone().strftime("%H:%M:%S")
+    """A time a proctor compares with the wall clock: in the exam's zone, not the box's."""
+    return human_time.clock(ts)
 
 
 def checkin_text(d: dict[str, Any]) -> tuple[str, int]:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from datetime import datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from examroom.agent import human_time
 from examroom.contract.topics import Topics
 
 _SKIP_DATA = {"results"}
@@ -84,7 +84,7 @@ def watch(host: str, port: int, prefix: str, raw: bool = False, duration: float 
         print(f"watching {Topics.all_filter(prefix)} on {host}:{port} (Ctrl-C to stop)", flush=True)
 
     def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        stamp = datetime.now().strftime("%H:%M:%S")
+        stamp = human_time.clock()
         if raw:
             print(f"{stamp} {msg.topic} {msg.payload.decode(errors='replace')}", flush=True)
             return

@@ -1,0 +1,38 @@
+"""Times a person reads: in the exam's zone (``[procedure] timezone``, default
+Asia/Shanghai), never the zone of the shell or the box. A box set to UTC printed UTC
+in the CLI while its record said +08:00; a proctor compares these with the wall clock.
+
+The CLI loads the config and calls ``use_zone`` once; ``watch`` without a config keeps
+the default. Machine-facing times are ISO 8601 with offset and do not come through here.
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+DEFAULT_ZONE = "Asia/Shanghai"
+_zone = ZoneInfo(DEFAULT_ZONE)
+
+
+def use_zone(name: str) -> None:
+    global _zone
+    _zone = ZoneInfo(name)
+
+
+def clock(ts: Any = None) -> str:
+    """Time of day, ``HH:MM:SS``, in the exam's zone; ``?`` for what is not a time."""
+    ts = time.time() if ts is None else ts
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        return "?"
+    return datetime.fromtimestamp(ts, _zone).strftime("%H:%M:%S")
+
+
+def moment(ts: Any = None) -> str:
+    """Date and time with the zone's offset, for a line a person may keep: ``2026-06-07 09:00:00 +08:00``."""
+    ts = time.time() if ts is None else ts
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+        return "?"
+    d = datetime.fromtimestamp(ts, _zone)
+    return d.strftime("%Y-%m-%d %H:%M:%S ") + d.strftime("%z")[:3] + ":" + d.strftime("%z")[3:]

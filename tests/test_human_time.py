@@ -1,0 +1,52 @@
+"""Times a person reads are in the exam's zone, whatever the box's zone is (issue 12.9): a box
+on UTC printed 01:00:00 where the wall clock and the record said 09:00:00."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from examroom.agent import human_time
+from examroom.agent.cli_exam import checkin_text
+
+NINE_AM_BEIJING = 1_780_794_000.0  # 2026-06-07T09:00:00+08:00 (01:00 UTC)
+
+
+def test_the_cli_prints_exam_time_not_the_machines(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        human_time.use_zone("Asia/Shanghai")
+        text, _ = checkin_text({"verdict": "admitted", "seat": "3", "ticket": "1", "id_masked": "x",
+                                "time": NINE_AM_BEIJING, "device": "idreader"})
+        assert "09:00:00" in text and "01:00:00" not in text
+        assert human_time.moment(NINE_AM_BEIJING) == "2026-06-07 09:00:00 +08:00"
+        human_time.use_zone("Asia/Urumqi")  # a province may keep its own
+        assert human_time.clock(NINE_AM_BEIJING) == "07:00:00"
+    finally:
+        human_time.use_zone(human_time.DEFAULT_ZONE)
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_watch_stamps_lines_in_the_exam_zone_on_a_utc_shell(tmp_path: Path):
+    """``watch`` prints each line with the time it arrived: the exam's, not the shell's."""
+    from devkit.localbroker import Broker
+
+    broker = Broker(tmp_path / "b").start()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "examroom.agent.cli", "watch", "--port", str(broker.port),
+                                 "--duration", "3"], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "TZ": "UTC"})
+        first = proc.stdout.readline()  # "watching ... (Ctrl-C to stop)": subscribed
+        assert first.startswith("watching")
+        subprocess.run(["mosquitto_pub", "-p", str(broker.port), "-t", "exam/site01/room101/status",
+                        "-m", "{}"], check=True)
+        line = proc.stdout.readline()
+        proc.wait(10)
+        shanghai = human_time.clock()
+        assert line[:2] in (shanghai[:2], f"{(int(shanghai[:2]) - 1) % 24:02d}"), (line, shanghai)
+    finally:
+        broker.kill()
