@@ -16,6 +16,7 @@ DEBS=(
   sox espeak-ng                        # test signals for the audio monitor
   chrony                               # time sync the clock driver reads (replaces systemd-timesyncd)
   chromium chromium-driver             # the site board's tests drive a real headless browser
+  fonts-wqy-zenhei                     # Chinese glyphs for the board, the reports and their screenshots
 )
 
 missing=()

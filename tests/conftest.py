@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.camera_images",    # images: test_camera.py, test_camera_health.py
     "tests.checkin_station",  # plan, schedule, emitted, clock, make: test_checkin.py, test_session_record.py
     "tests.pcsc_harness",     # cards, make_reader: test_pcsc.py, test_pcsc_recovery.py
+    "tests.browser",          # chromium: test_site_board.py
 ]
 
 

@@ -38,9 +38,11 @@ class SiteApp:
             with self.store.batch():
                 self.store.room(room)
         if self.cfg.board["listen"]:
+            from examroom.site.jointtest import start_campaign
             from examroom.site.web import Board
 
-            self.board = Board(self.cfg, self.store)
+            self.board = Board(self.cfg, self.store,
+                               start_jointtest=lambda rooms: start_campaign(self.cfg, self.store, rooms))
             self.board.start()
         self.subscriber.start()
 
