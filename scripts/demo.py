@@ -1,4 +1,5 @@
-"""The README's demo: one simulated exam room, a local Mosquitto, and the aggregator's live view.
+"""The README's demo: a simulated exam room, a local Mosquitto, the aggregator's live view and
+the site's board (``--rooms N``: N rooms, and a joint test of them at the end).
 
 It starts a private broker (unless --port names a running one), runs the real
 agent on config/demo.toml with a compressed exam timeline (entry now, start in
@@ -21,10 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from examroom.agent import human_time  # noqa: E402
 from examroom.agent.config import load  # noqa: E402
 from examroom.agent.control import AgentNotRunning, call  # noqa: E402
 from devkit.localbroker import Broker  # noqa: E402
 from examroom.agent.watch import watch  # noqa: E402
+from demo_site import joint_test, start_rooms, start_site  # noqa: E402
 
 TZ = timezone(timedelta(hours=8))  # exam sites keep Beijing time
 
@@ -139,7 +142,7 @@ def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
     room.sim("camera", "black")
     time.sleep(3)
     room.sim("camera", "normal")
-    say(f"Waiting for the start signal and the late cutoff at {datetime.fromtimestamp(times['cutoff']):%H:%M:%S}"
+    say(f"Waiting for the start signal and the late cutoff at {human_time.clock(times['cutoff'])}"
         " — the attendance summary follows")
     wait_until(times["cutoff"] + 2)
     say("Seat 12 arrives after the cutoff: refused and recorded (late_refused)")
@@ -151,7 +154,7 @@ def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
     room.sim("broadcast", "silence")
     time.sleep(dropout)
     room.sim("broadcast", "level", "-20")
-    say(f"End of the session at {datetime.fromtimestamp(times['end']):%H:%M:%S}: the session record is published "
+    say(f"End of the session at {human_time.clock(times['end'])}: the session record is published "
         "and written for the room record card")
     wait_until(times["end"] + 3)
 
@@ -161,7 +164,11 @@ def main() -> int:
     ap.add_argument("--port", type=int, help="use a running broker on 127.0.0.1:PORT instead of starting one")
     ap.add_argument("--duration", type=float, default=None,
                     help="stop this many seconds after the scenario (default: run until Ctrl-C)")
+    ap.add_argument("--rooms", type=int, default=1,
+                    help="rooms of the site (default 1); with more, a joint test of all of them at the end")
     args = ap.parse_args()
+    if not 1 <= args.rooms <= 40:
+        ap.error("--rooms: 1 to 40 rooms")
     state = ROOT / "demo-state"
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir()
@@ -178,7 +185,11 @@ def main() -> int:
                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     threading.Thread(target=watch, args=("127.0.0.1", port, "exam"), daemon=True).start()
     sock = str(state / "agent.sock")
+    others = start_rooms(state, cfg, args.rooms)
+    site = None
     try:
+        site, board = start_site(state, port, [f"room{100 + k}" for k in range(1, args.rooms + 1)])
+        print(f"site board (the site office's view of {args.rooms} room(s)): {board}", flush=True)
         deadline = time.time() + 20
         while True:
             try:
@@ -194,6 +205,9 @@ def main() -> int:
         scenario(Room(sock), _ids(), times)
         records = sorted((state / "records").glob("*"))
         say("Room record files for the proctors: " + ", ".join(str(p) for p in records))
+        if args.rooms > 1:
+            say(f"Joint testing (联调) of the site's {args.rooms} rooms: ping, read-only self-test, snapshot")
+            joint_test(state)
         say("The room keeps reporting its heartbeat" + (" (Ctrl-C to stop)" if args.duration is None else ""))
         if args.duration is None:
             while agent.poll() is None:
@@ -203,8 +217,13 @@ def main() -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        agent.terminate()
-        agent.wait(15)
+        for proc in [agent, *others]:
+            proc.terminate()
+        for proc in [agent, *others]:
+            proc.wait(15)
+        if site is not None:
+            site.terminate()
+            site.wait(15)
         time.sleep(0.3)  # let the view print the clean "offline" status
         if broker is not None:
             broker.kill()
