@@ -165,3 +165,13 @@ def test_other_sites_broadcasts_and_commands_are_not_rooms(site):
         site.ingest.handle("exam/site02/room101/event/note", note(1))
         site.ingest.handle("exam/site01/room101/cmd/ping", b'{"id": 1}')
     assert site.store.rooms() == [] and site.store.event_count() == 0
+
+
+def test_violation_incidents_are_one_alert_per_seat_and_code(site):
+    base = {"type": "violation", "session": "math-am", "phase": "started", "start": "2026-06-07T09:30:00+08:00"}
+    site("event/incident", envelope(1, "incident", base | {"seat": "3", "code": "Z01", "text": "携带手机"}))
+    site("event/incident", envelope(2, "incident", base | {"seat": "5", "code": "W02", "text": "交头接耳"}))
+    alerts = {a["key"]: a["text"] for a in site.store.alerts("room101")}
+    assert set(alerts) == {"incident:violation:3:Z01", "incident:violation:5:W02"}
+    assert "seat 3, code Z01 携带手机" in alerts["incident:violation:3:Z01"]
+    assert site.ingest.counts["invalid"] == 0  # the shape the room publishes (docs/events-checkin.md)

@@ -207,10 +207,17 @@ class Ingest:
             self._decide_gaps(room, now)
 
     def _incident(self, room: str, data: dict[str, Any], now: float) -> None:
-        key = f"incident:{data.get('type')}:{data.get('device')}"
+        """An audio loss is one alert per device; a violation one per seat and code."""
+        if data.get("device") is not None:
+            where = f"{data.get('device')}"
+            what = f"on {data.get('device')}"
+        else:
+            where = f"{data.get('seat')}:{data.get('code')}"
+            what = f"seat {data.get('seat')}, code {data.get('code')} {data.get('text') or ''}".rstrip()
+        key = f"incident:{data.get('type')}:{where}"
         open_keys = self.store.open_alert_keys(room)
         if data.get("phase") == IncidentPhase.STARTED and key not in open_keys:
-            self.store.raise_alert(room, key, f"incident {data.get('type')} on {data.get('device')} "
+            self.store.raise_alert(room, key, f"incident {data.get('type')} {what} "
                                               f"(exam session {data.get('session')})", now)
         elif data.get("phase") == IncidentPhase.ENDED and key in open_keys:
             self.store.clear_alert(open_keys[key], now)
