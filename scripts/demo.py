@@ -10,6 +10,7 @@ type. Everything printed after "watching" is what the aggregator receives.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -25,11 +27,12 @@ sys.path.insert(0, str(ROOT))
 from examroom.agent import human_time  # noqa: E402
 from examroom.agent.config import load  # noqa: E402
 from examroom.agent.control import AgentNotRunning, call  # noqa: E402
-from devkit.localbroker import Broker  # noqa: E402
+from devkit.localbroker import Broker, free_port  # noqa: E402
 from examroom.agent.watch import watch  # noqa: E402
-from demo_site import joint_test, start_rooms, start_site  # noqa: E402
+from demo_site import joint_test, port_free, start_rooms, start_site, time_check  # noqa: E402
 
 TZ = timezone(timedelta(hours=8))  # exam sites keep Beijing time
+DOOR_PAGE = f"127.0.0.1:{8090 if port_free(8090) else free_port()}"  # the proctor's page at the door
 
 
 def say(text: str) -> None:
@@ -55,6 +58,9 @@ def write_config(state: Path, port: int, now: float) -> tuple[Path, dict[str, fl
     text = text.replace('"demo-state/', f'"{state}/').replace('"demo-seatplan.csv"',
                                                                 f'"{ROOT / "config" / "demo-seatplan.csv"}"')
     text = text.replace("/tmp/examroom-demo-snapshots", str(state / "snapshots"))
+    text = text.replace('page_listen = ""', f'page_listen = "{DOOR_PAGE}"', 1)
+    plan_sha = hashlib.sha256((ROOT / "config" / "demo-seatplan.csv").read_bytes()).hexdigest()
+    text = text.replace("[procedure]\n", f'[procedure]\nseatplan_sha256 = "{plan_sha}"  # as the site distributed it\n', 1)
     head, _, _ = text.partition("# --- exam:")
     block, times = exam_block(now)
     cfg = state / "demo.toml"
@@ -110,7 +116,13 @@ def dropout_s() -> float:
     return float(feed.options["silence_hold_s"]) + 2.0  # load() fills in the driver's default
 
 
-def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
+def scenario(room: Room, ids: dict[int, str], times: dict[str, float], time_check: Callable[[], None]) -> None:
+    say("The two proctors sign in (a woman among them, from different units): the roster check passes")
+    room.do("proctor_signin", proctor="proctor-A")
+    room.do("proctor_signin", proctor="proctor-B")
+    say("The site publishes the standard time; the room answers its clock's offset; a proctor confirms the wall clock")
+    time_check()
+    room.do("clock_confirm", by="proctor-A", note="wall clock checked")
     say("Entry is open. Candidates show admission ticket + ID card, then a metal-detector sweep.")
     for seat in (1, 2, 3):
         say(f"Seat {seat}: taps the second-generation ID card, sweep clear")
@@ -138,6 +150,15 @@ def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
     room.do("checkin_confirm", seat="10", proctor="proctor-A")
     room.do("checkin_confirm", seat="10", proctor="proctor-B")
     room.sweep()
+    say("Seat 6 brings an approved special item (a hearing aid): the record lists it with the sweep")
+    room.tap_id(ids[6])
+    room.sweep()
+    say("Seat 11: the photo does not match at all: sent to the site's identity-verification point, confirmed there")
+    room.tap_id(ids[11])
+    room.do("checkin_suspect", seat="11", proctor="proctor-B", reason="looks different")
+    room.do("checkin_send_to_verification", seat="11", proctor="proctor-B")
+    room.do("checkin_verify", seat="11", outcome="confirmed", point="考点身份验证点", proctor="proctor-B")
+    room.sweep()
     say("Somebody hangs a coat over the camera: the room turns to ALERT; then it is uncovered")
     room.sim("camera", "black")
     time.sleep(3)
@@ -154,6 +175,12 @@ def scenario(room: Room, ids: dict[int, str], times: dict[str, float]) -> None:
     room.sim("broadcast", "silence")
     time.sleep(dropout)
     room.sim("broadcast", "level", "-20")
+    say("Seat 3 whispers to a neighbour: violation W04 on the record card")
+    room.do("violation", seat="3", code="W04", by="proctor-A")
+    wait_until(times["end"] - 55)
+    say("Seat 1 hands in during the last minute and leaves; tries to come back: refused (no re-entry)")
+    room.do("checkin_handin", seat="1", proctor="proctor-A")
+    room.tap_id(ids[1])
     say(f"End of the session at {human_time.clock(times['end'])}: the session record is published "
         "and written for the room record card")
     wait_until(times["end"] + 3)
@@ -202,7 +229,8 @@ def main() -> int:
                 time.sleep(0.1)
         print(f"agent running: config {cfg}, log {state / 'agent.log'}")
         print(f"try in another terminal: .venv/bin/examroom-agent status -c {cfg}")
-        scenario(Room(sock), _ids(), times)
+        print(f"the door page (what a proctor at the door sees): http://{DOOR_PAGE}/", flush=True)
+        scenario(Room(sock), _ids(), times, lambda: time_check(state))
         records = sorted((state / "records").glob("*"))
         say("Room record files for the proctors: " + ", ".join(str(p) for p in records))
         if args.rooms > 1:

@@ -31,7 +31,7 @@ def start_site(state: Path, port: int, rooms: list[str]) -> tuple[subprocess.Pop
     """``examroom-site run`` on a free port; returns the process and the board's URL."""
     site = state / "site"
     site.mkdir(parents=True, exist_ok=True)
-    board_port = 8080 if _free(8080) else free_port()
+    board_port = 8080 if port_free(8080) else free_port()
     cfg = site / "site.toml"
     cfg.write_text(f'[site]\nid = "site01"\nname = "郑州一中考点 (demo)"\n'
                    f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
@@ -47,7 +47,7 @@ def start_site(state: Path, port: int, rooms: list[str]) -> tuple[subprocess.Pop
     return proc, line.split("board on", 1)[1].strip()
 
 
-def _free(port: int) -> bool:
+def port_free(port: int) -> bool:
     import socket
 
     with socket.socket() as s:
@@ -68,6 +68,7 @@ def start_rooms(state: Path, demo_cfg: Path, n: int) -> list[subprocess.Popen]:
         d.mkdir(parents=True, exist_ok=True)
         t = text.replace('id = "room101"', f'id = "{room}"').replace("第101考场", f"第{100 + k}考场")
         t = t.replace(f'"{state}/', f'"{d}/')
+        t = re.sub(r'(?m)^page_listen = .*$', 'page_listen = ""', t)  # one door page: room 101's
         t = re.sub(r'(?m)^seatplan = .*$', 'seatplan = ""', t)
         cfg = d / "agent.toml"
         cfg.write_text(t, encoding="utf-8")
@@ -87,3 +88,10 @@ def joint_test(state: Path) -> int:
         print(r.stderr.rstrip(), flush=True)
     print(f"joint-test report: {out / 'report.html'} (also report.csv, report.json); exit code {r.returncode}")
     return r.returncode
+
+
+def time_check(state: Path) -> None:
+    """The site's standard time to the demo room (examroom-site time-check), its answer printed."""
+    r = subprocess.run([sys.executable, "-m", "examroom.site.cli", "--config", str(state / "site/site.toml"),
+                        "time-check", "--rooms", "room101"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    print(r.stdout.rstrip() or r.stderr.rstrip(), flush=True)

@@ -14,7 +14,7 @@ from tests.checkin_station import ENG_START, ID, MATH_CUTOFF, OUTSIDER, UID1, ca
 def test_doc_schemas_are_valid():
     jsonschema = pytest.importorskip("jsonschema")
     schemas = doc_schemas()
-    assert set(schemas) == {"checkin", "sweep", "suspect_confirm", "attendance", "session_record"}
+    assert set(schemas) == {"checkin", "sweep", "suspect_confirm", "attendance", "session_record", "violation"}
     for s in schemas.values():
         jsonschema.Draft202012Validator.check_schema(s)
 

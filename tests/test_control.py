@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from examroom.agent.commands import Commands
+from examroom.agent.commands import WHERE, Commands
 from examroom.agent.exam_lock import ExamLock
 from examroom.agent.photos import Photos
 from examroom.agent.trial_reports import TrialReports
@@ -373,7 +373,8 @@ def test_sim_card_routes_by_what_the_word_is_not_its_length(sockdir: Path, sim_d
     commands = Commands(emit=lambda k, d: None, clock=time.time, devices=sim_devices, status=dict, scrub=str,
                         lock=ExamLock(None, time.time, lambda k, d: None, str), station=lambda: None,
                         photos=Photos(sim_devices, lambda k, d: None, []),
-                        trials=TrialReports(sockdir, "room101", lambda k, d: None, time.time, lambda i: None))
+                        trials=TrialReports(sockdir, "room101", lambda k, d: None, time.time, lambda i: None),
+                        extra={n: lambda a: {} for n in WHERE if n != "sim"})  # only sim is under test
     srv = ControlServer(str(sockdir / "agent.sock"), commands.table)
     srv.start()
     try:

@@ -186,7 +186,7 @@ def test_checkin_run(checkin_run):
     assert (seats["12"]["status"], seats["12"]["admitted_at"]) == ("absent", None)
     assert r["unmatched_checkins"] == [{"verdict": "not_in_room", "time": other["time"], "method": "card",
                                         "device": "idcard", "id_masked": "110105********0017"}]
-    assert sorted(f["file"] for f in r["files"]) == [f"{room.session}-room101.csv", f"{room.session}-room101.json"]
+    assert sorted(f["file"] for f in r["files"]) == [f"{room.session}-room101.{ext}" for ext in ("csv", "html", "json")]
     for f in r["files"]:
         assert hashlib.sha256((room.record_dir / f["file"]).read_bytes()).hexdigest() == f["sha256"]
     record = json.loads((room.record_dir / f"{room.session}-room101.json").read_text(encoding="utf-8"))

@@ -309,7 +309,7 @@ def may_write(identity: str, topic: str) -> bool:
         return bool(m) and m.group(1) in ("ping", "status", "selftest", "exam_lock")
     if identity == "ops":
         return bool(m) and m.group(1) in ("ping", "status", "selftest", "exam_lock", "note", "snapshot",
-                                          "audio_switch", "trial_listening")
+                                          "audio_switch", "trial_listening", "push")
     raise AssertionError(identity)
 
 
@@ -323,7 +323,7 @@ def may_read(identity: str, topic: str) -> bool:
 def test_the_acl_lists_every_remote_command_in_exactly_one_class() -> None:
     assert set(READ_ONLY) | set(DISRUPTIVE) == set(REMOTE)
     assert not set(READ_ONLY) & set(DISRUPTIVE)
-    assert set(READ_ONLY) == {"ping", "status", "selftest", "exam_lock"}
+    assert set(READ_ONLY) == {"ping", "status", "selftest", "exam_lock", "time_check"}
 
 
 @pytest.mark.parametrize("identity", [A, B, "aggregator", "ops"])

@@ -13,10 +13,12 @@ Three roles (the matrix is in docs/deployment.md, "Who may do what"):
   read its own cmd/# and the site's broadcast/cmd/#;
 - an aggregator (``--aggregator``) reads the whole site and may send only the
   commands that change nothing in a room: ping, status, selftest (a remote
-  self-test only reads; the room forces ``act`` off), exam_lock (its state);
+  self-test only reads; the room forces ``act`` off), exam_lock (its state),
+  time_check (the site's time; the room answers its clock's offset);
 - an operator (``--operator``) reads the whole site and may also send the
   commands that act in a room or add to its record: note, snapshot,
-  audio_switch, trial_listening.
+  audio_switch, trial_listening, push (an instruction shown in the room),
+  seatplan_expect (the seat plan's SHA-256: a mismatch shuts the room's entry).
 
 Commands are listed one by one, not as cmd/#: a command added to the agent
 reaches no room until it is put in one of the two lists here. Nobody may
@@ -24,6 +26,14 @@ write another site, $SYS, or a room's status/event topics except the room.
 
 The broker cannot refuse a *retained* publish on cmd/ (Mosquitto's ACL file
 has no retain rule); the room refuses retained commands itself.
+
+The provincial bridge (make-bridge.py) runs inside the broker, and Mosquitto
+applies no ACL to a bridge (seen with 2.0.11; in its source the default ACL
+check allows any bridge context): the province's pushes reach broadcast/cmd/push with no rule for the
+bridge (tests/test_province_bridge.py, where no user may write that topic).
+Its link state, the retained $SYS/broker/connection/+/state, is an ordinary
+read right of the aggregator and operators (a $SYS topic is matched only by
+an ACL line that starts with $; rooms are not given it).
 
 Usage:
   make-acl.py --site site01 --rooms-csv deploy/fleet/rooms.csv -o acl
@@ -43,8 +53,11 @@ from pathlib import Path
 TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # the rule of examroom/agent/config.py
 ROOM_WRITES = ("status", "heartbeat", "event/#", "reply/#")
 # every command a room accepts over MQTT (examroom/agent/commands.py REMOTE), by what it may do
-READ_ONLY_COMMANDS = ("ping", "status", "selftest", "exam_lock")
-DISRUPTIVE_COMMANDS = ("note", "snapshot", "audio_switch", "trial_listening")
+READ_ONLY_COMMANDS = ("ping", "status", "selftest", "exam_lock", "time_check")
+DISRUPTIVE_COMMANDS = ("note", "snapshot", "audio_switch", "trial_listening", "push", "seatplan_expect")
+# The provincial bridge's link state (deploy/mosquitto/make-bridge.py): the broker publishes it
+# itself, so no one needs to write it, but reading it is an ACL right like any other.
+BRIDGE_STATE = "$SYS/broker/connection/+/state"
 ACL_MODE = 0o640  # the broker reads it as group mosquitto; nobody else needs to see who may do what
 
 
@@ -103,13 +116,15 @@ def render(site: str, prefix: str, rooms: list[str], aggregators: list[str],
              "# and regenerate rather than editing by hand. Users are certificate CNs.",
              "# Retained publishes on cmd/ cannot be refused here; rooms refuse retained commands.", ""]
     for c in aggregators:
-        lines += ["# aggregator: reads the whole site; only commands that change nothing in a room",
-                  f"user {c}", f"topic read {site_topic}/#"]
+        lines += ["# aggregator: reads the whole site and the provincial link's state; only commands that",
+                  "# change nothing in a room",
+                  f"user {c}", f"topic read {site_topic}/#", f"topic read {BRIDGE_STATE}"]
         lines += [f"topic write {site_topic}/+/cmd/{cmd}" for cmd in READ_ONLY_COMMANDS]
         lines += [""]
     for c in operators:
-        lines += ["# operator: reads the whole site; every command a room accepts over MQTT",
-                  f"user {c}", f"topic read {site_topic}/#"]
+        lines += ["# operator: reads the whole site and the provincial link's state; every command a room",
+                  "# accepts over MQTT",
+                  f"user {c}", f"topic read {site_topic}/#", f"topic read {BRIDGE_STATE}"]
         lines += [f"topic write {site_topic}/+/cmd/{cmd}" for cmd in READ_ONLY_COMMANDS + DISRUPTIVE_COMMANDS]
         lines += [""]
     for r in rooms:
@@ -160,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rooms-csv", type=Path, help="the fleet CSV (deploy/fleet/rooms.example.csv)")
     p.add_argument("--aggregator", action="append", default=None,
                    help="client certificate CN that reads the site and may send only ping, status, "
-                        "selftest, exam_lock (repeatable; default aggregator unless --operator is given)")
+                        "selftest, exam_lock, time_check (repeatable; default aggregator unless --operator "
+                        "is given)")
     p.add_argument("--operator", action="append", default=[],
                    help="client certificate CN that reads the site and may send every remote command, "
-                        "note, snapshot, audio_switch, trial_listening included (repeatable)")
+                        "note, snapshot, audio_switch, trial_listening, push, seatplan_expect included "
+                        "(repeatable)")
     p.add_argument("-o", "--output", type=Path, help="file to write, mode 0640 (default: standard output)")
     p.add_argument("--group", help="group of the written file (e.g. mosquitto; default: that of the "
                                    "file it replaces)")

@@ -10,8 +10,18 @@ card too.
 Sweeps: each admission (a re-entry too) opens a pending sweep on the room's
 ``SweepLog`` (``sweeps.py``), which matches detector alarms and buttons to it.
 
-Re-entry: a candidate who left (``leave``) is admitted again by card or by
-hand, even after the late cutoff (they are not late), and must be swept again.
+Re-entry: a candidate who left (``leave``, a temporary exit) is admitted again
+by card or by hand, even after the late cutoff (they are not late), and must be
+swept again. A candidate who handed in (``hand_in``, 交卷) may not come back: the
+seat is closed, and a card or a manual admission on it is ``reentry_refused``,
+at any time. No hand-in before the earliest hand-in time (``[procedure]
+handin_not_before_end_min`` before the end signal; 0: none before it) unless a
+proctor forces it with a reason (illness), on record.
+
+Identity verification: a suspect may be sent to the site's identity-verification
+point (``send_to_verification``) and its outcome closes the doubt (``verify``):
+``confirmed`` admits (and, having been out of the room, needs a sweep),
+``refused`` records an impostor (替考) and closes the seat like a hand-in.
 
 Photos: with a camera, each verdict but ``left`` is photographed *after* it is
 published, never before: the ``checkin`` carries ``snapshot: {"pending": true,
@@ -33,12 +43,14 @@ import unicodedata
 from typing import Any, Callable, Iterable
 
 from examroom.agent.checkin_errors import AmbiguousCandidate, CheckinError, SameProctor, UnknownSeat
+from examroom.agent.departures import Departures
 from examroom.agent.privacy import has_id_like_digits
 from examroom.agent.schedule import Schedule, Session
 from examroom.agent.seatplan import Candidate, SeatPlan
 from examroom.agent.session_book import SessionBook
 from examroom.agent.sweeps import SweepLog
-from examroom.contract.vocabulary import PRESENT, EventKind, Lookup, Method, Phase, SeatStatus, SweepResult, Verdict
+from examroom.contract.vocabulary import (CLOSED, OPEN_SUSPECTS, PRESENT, EventKind, Lookup, Method, Phase,
+                                          SeatStatus, SweepResult, Verdict)
 from examroom.drivers.events import CardPresented
 from examroom.drivers.gb11643 import mask_id
 
@@ -46,6 +58,8 @@ log = logging.getLogger(__name__)
 
 Snapshot = Callable[[str, dict[str, Any]], None]  # (tag, about): fire and forget
 REQUIRED_CONFIRMATIONS = 2
+# the candidate is not at the door (going out, or at the verification point): nothing to photograph
+NO_PHOTO = frozenset({Verdict.LEFT, Verdict.HANDED_IN, Verdict.SENT_TO_VERIFICATION, Verdict.IDENTITY_REFUSED})
 
 
 def same_signature(signature: str) -> str:
@@ -55,18 +69,46 @@ def same_signature(signature: str) -> str:
     return "".join(unicodedata.normalize("NFKC", signature).casefold().split())
 
 
+def find_candidate(plan: SeatPlan, seat: Any = None, id_last6: str | None = None,
+                   ticket_tail: str | None = None) -> Candidate:
+    """One candidate by exactly one of seat, last 6 ID characters or the ticket's last digits."""
+    given = [x for x in (seat, id_last6, ticket_tail) if x not in (None, "")]
+    if len(given) != 1:
+        raise CheckinError("give exactly one of seat, id_last6, ticket_tail")
+    if seat not in (None, ""):
+        cand = plan.by_seat(seat)
+        if cand is None:
+            raise UnknownSeat(f"no seat {seat!s} in room {plan.room}")
+        return cand
+    if id_last6:
+        if not re.fullmatch(r"\d{5}[\dXx]", str(id_last6).strip()):
+            raise CheckinError("id_last6: expected the last 6 characters of the ID number")
+        found, what = plan.by_id_last6(id_last6), "ID ending"
+    else:
+        found, what = plan.by_ticket_tail(str(ticket_tail)), "ticket ending"
+    if not found:
+        raise UnknownSeat(f"no candidate with {what} {id_last6 or ticket_tail} in room {plan.room}")
+    if len(found) > 1:
+        raise AmbiguousCandidate(f"{what} {id_last6 or ticket_tail}", [c.seat for c in found])
+    return found[0]
+
+
 class CheckinStation:
     def __init__(self, book: SessionBook, clock: Callable[[], float], scrub: Callable[[str], str],
-                 snapshot: Snapshot | None = None, roster: Iterable[str] = ()) -> None:
+                 snapshot: Snapshot | None = None, roster: Iterable[str] = (),
+                 handin_not_before_end_min: float = 0.0, gate: Callable[[], str | None] | None = None) -> None:
+        """``gate``: why entry is shut (the seat plan is not the site's: plan_check.py), None when open."""
+        self._gate = gate
         self.book = book  # the record this station writes: the room's one session book
         self._plan: SeatPlan = book.plan
         self._schedule: Schedule = book.schedule
-        self._clock = clock
+        self.clock = self._clock = clock
         self.scrub = scrub
         self._snapshot = snapshot
-        self._lock = book.lock  # one lock for the decision and its record
+        self.lock = self._lock = book.lock  # one lock for the decision and its record
         self.sweeps = SweepLog(book, clock)
         self._roster = {same_signature(r): r for r in roster}  # the room's proctor ids, if configured
+        self.departures = Departures(self, handin_not_before_end_min)  # hand-in and the verification point
 
     def _now(self) -> tuple[float, Session | None, Phase]:
         now = self._clock()
@@ -75,8 +117,12 @@ class CheckinStation:
 
     # -- identity ---------------------------------------------------------------------------
 
-    def _checkin(self, verdict: Verdict, session: Session | None, now: float, method: Method,
+    def verdict(self, verdict: Verdict, session: Session | None, now: float, method: Method,
                  device: str, cand: Candidate | None = None, **extra: Any) -> dict[str, Any]:
+        if verdict == Verdict.ADMITTED and self._gate is not None and (shut := self._gate()) is not None:
+            # every way in (card, by hand, confirmed suspect) ends here: one place to shut them all
+            verdict, extra = Verdict.PLAN_UNVERIFIED, {**extra, "reason": shut}
+            extra.pop("sweep_required", None)
         data: dict[str, Any] = {
             "session": session.id if session else None, "verdict": verdict,
             "seat": cand.seat if cand else None, "ticket": cand.ticket if cand else None,
@@ -84,7 +130,7 @@ class CheckinStation:
             "method": method, "device": device, "time": now,
             "seatplan_sha256": self._plan.sha256, **extra,
         }
-        snapshot = self._snapshot if verdict != Verdict.LEFT else None
+        snapshot = self._snapshot if verdict not in NO_PHOTO else None
         tag = f"{verdict}-{data['session'] or 'none'}-{data['seat'] or 'unknown'}"
         if snapshot is not None:
             data["snapshot"] = {"pending": True, "tag": tag}
@@ -104,17 +150,20 @@ class CheckinStation:
                method: Method, device: str, **extra: Any) -> dict[str, Any]:
         """The rules shared by card and manual admission, in the order a proctor applies them."""
         if session is None or phase in (Phase.BEFORE_ENTRY, Phase.ENDED):
-            return self._checkin(Verdict.OUTSIDE_WINDOW, session, now, method, device, cand, phase=phase.value, **extra)
+            return self.verdict(Verdict.OUTSIDE_WINDOW, session, now, method, device, cand, phase=phase.value, **extra)
         st = self.book.observe(session).seat(cand.seat)
-        if st.status in (SeatStatus.ADMITTED, SeatStatus.SUSPECT):
-            return self._checkin(Verdict.DUPLICATE, session, now, method, device, cand, status=st.status, **extra)
+        if st.status in CLOSED:
+            return self.verdict(Verdict.REENTRY_REFUSED, session, now, method, device, cand, status=st.status,
+                                 **extra)
+        if st.status in (SeatStatus.ADMITTED, *OPEN_SUSPECTS):
+            return self.verdict(Verdict.DUPLICATE, session, now, method, device, cand, status=st.status, **extra)
         if st.status == SeatStatus.OUT:
-            return self._checkin(Verdict.ADMITTED, session, now, method, device, cand, reentry=True,
+            return self.verdict(Verdict.ADMITTED, session, now, method, device, cand, reentry=True,
                                  sweep_required=True, **extra)
         if phase == Phase.CUTOFF_PASSED:
-            return self._checkin(Verdict.LATE_REFUSED, session, now, method, device, cand,
+            return self.verdict(Verdict.LATE_REFUSED, session, now, method, device, cand,
                                  cutoff=session.cutoff, **extra)
-        return self._checkin(Verdict.ADMITTED, session, now, method, device, cand, reentry=False,
+        return self.verdict(Verdict.ADMITTED, session, now, method, device, cand, reentry=False,
                              sweep_required=True, **extra)
 
     def on_card(self, ev: CardPresented) -> dict[str, Any]:
@@ -123,23 +172,23 @@ class CheckinStation:
             ident = ev.identity
             if ident is None:
                 if not ev.uid:
-                    return self._checkin(Verdict.UNKNOWN_CARD, session, now, Method.UID, ev.device,
+                    return self.verdict(Verdict.UNKNOWN_CARD, session, now, Method.UID, ev.device,
                                          reason="card gave neither a UID nor an identity")
                 cand = self._plan.by_uid(ev.uid)
                 if cand is None:
-                    return self._checkin(Verdict.UNKNOWN_CARD, session, now, Method.UID, ev.device, uid=ev.uid)
+                    return self.verdict(Verdict.UNKNOWN_CARD, session, now, Method.UID, ev.device, uid=ev.uid)
                 return self._admit(cand, session, phase, now, Method.UID, ev.device, uid=ev.uid)
             masked = mask_id(ident.id_number)
             if not ident.id_valid:  # the GB 11643 check digit, derived from the number in Identity
-                return self._checkin(Verdict.INVALID_ID, session, now, Method.CARD, ev.device, id_masked=masked,
+                return self.verdict(Verdict.INVALID_ID, session, now, Method.CARD, ev.device, id_masked=masked,
                                      reason="GB 11643 check digit does not match")
             cand = self._plan.by_id(ident.id_number)
             if cand is None:
-                return self._checkin(Verdict.NOT_IN_ROOM, session, now, Method.CARD, ev.device, id_masked=masked)
+                return self.verdict(Verdict.NOT_IN_ROOM, session, now, Method.CARD, ev.device, id_masked=masked)
             if session is not None and phase not in (Phase.BEFORE_ENTRY, Phase.ENDED):
                 expired = self._expired(ident.valid_to, session, now)
                 if expired is not None:
-                    return self._checkin(expired[0], session, now, Method.CARD, ev.device, cand,
+                    return self.verdict(expired[0], session, now, Method.CARD, ev.device, cand,
                                          valid_to=ident.valid_to, reason=expired[1])
             return self._admit(cand, session, phase, now, Method.CARD, ev.device)
 
@@ -157,29 +206,10 @@ class CheckinStation:
 
     # -- proctor fallbacks --------------------------------------------------------------------
 
-    def _find(self, seat: Any = None, id_last6: str | None = None,
-              ticket_tail: str | None = None) -> Candidate:
-        given = [x for x in (seat, id_last6, ticket_tail) if x not in (None, "")]
-        if len(given) != 1:
-            raise CheckinError("give exactly one of seat, id_last6, ticket_tail")
-        if seat not in (None, ""):
-            cand = self._plan.by_seat(seat)
-            if cand is None:
-                raise UnknownSeat(f"no seat {seat!s} in room {self._plan.room}")
-            return cand
-        if id_last6:
-            if not re.fullmatch(r"\d{5}[\dXx]", str(id_last6).strip()):
-                raise CheckinError("id_last6: expected the last 6 characters of the ID number")
-            found, what = self._plan.by_id_last6(id_last6), "ID ending"
-        else:
-            found, what = self._plan.by_ticket_tail(str(ticket_tail)), "ticket ending"
-        if not found:
-            raise UnknownSeat(f"no candidate with {what} {id_last6 or ticket_tail} in room {self._plan.room}")
-        if len(found) > 1:
-            raise AmbiguousCandidate(f"{what} {id_last6 or ticket_tail}", [c.seat for c in found])
-        return found[0]
+    def find(self, seat: Any = None, id_last6: str | None = None, ticket_tail: str | None = None) -> Candidate:
+        return find_candidate(self._plan, seat, id_last6, ticket_tail)
 
-    def _proctor(self, proctor: str) -> str:
+    def signature(self, proctor: str) -> str:
         """A signature goes on the record and to the aggregator as typed, so one that holds a
         candidate's name or a full ID number is refused, not rewritten: scrubbed, two proctors
         signing with names would both read *** and count as one. With a roster, only a roster
@@ -198,7 +228,7 @@ class CheckinStation:
             return rostered
         return p
 
-    def _open_session(self, now: float) -> tuple[Session, Phase]:
+    def open_session(self, now: float) -> tuple[Session, Phase]:
         session, phase = self._schedule.phase(now)
         if session is None or phase in (Phase.BEFORE_ENTRY, Phase.ENDED):
             raise CheckinError("no exam session is open for entry")
@@ -208,8 +238,8 @@ class CheckinStation:
                      ticket_tail: str | None = None, by: str = "unknown") -> dict[str, Any]:
         """Admission when no card can be read; window and late rules still apply."""
         with self._lock:
-            who = self._proctor(proctor)
-            cand = self._find(seat, id_last6, ticket_tail)
+            who = self.signature(proctor)
+            cand = self.find(seat, id_last6, ticket_tail)
             now, session, phase = self._now()
             via = Lookup.SEAT if seat not in (None, "") else Lookup.ID_LAST6 if id_last6 else Lookup.TICKET_TAIL
             return self._admit(cand, session, phase, now, Method.MANUAL, "manual", proctor=who, lookup=via, by=by)
@@ -217,38 +247,46 @@ class CheckinStation:
     def mark_suspect(self, seat: Any, proctor: str, reason: str, by: str = "unknown") -> dict[str, Any]:
         """存疑: photographed and held until two different proctors confirm."""
         with self._lock:
-            who = self._proctor(proctor)
-            cand = self._find(seat)
+            who = self.signature(proctor)
+            cand = self.find(seat)
             now = self._clock()
-            session, phase = self._open_session(now)
+            session, phase = self.open_session(now)
             status = self.book.observe(session).seat(cand.seat).status
-            if status == SeatStatus.SUSPECT:
-                raise CheckinError(f"seat {cand.seat} is already marked suspect")
+            if status in OPEN_SUSPECTS:
+                raise CheckinError(f"seat {cand.seat} is already marked suspect (status {status})")
+            if status in CLOSED:
+                raise CheckinError(f"seat {cand.seat} is closed (status {status})")
             if status == SeatStatus.ABSENT and phase == Phase.CUTOFF_PASSED:
                 raise CheckinError(f"seat {cand.seat}: the late cutoff has passed")
-            return self._checkin(Verdict.SUSPECT, session, now, Method.MANUAL, "manual", cand, proctor=who,
+            return self.verdict(Verdict.SUSPECT, session, now, Method.MANUAL, "manual", cand, proctor=who,
                                  reason=self.scrub(reason), by=by)
 
     def confirm(self, seat: Any, proctor: str, by: str = "unknown") -> dict[str, Any]:
         """One proctor's signature; the second, from another proctor, admits the candidate."""
         with self._lock:
-            who = self._proctor(proctor)
-            cand = self._find(seat)
+            who = self.signature(proctor)
+            cand = self.find(seat)
             now = self._clock()
-            session, _ = self._open_session(now)
+            session, _ = self.open_session(now)
             st = self.book.observe(session).seat(cand.seat)
+            if st.status == SeatStatus.AT_VERIFICATION:
+                raise CheckinError(f"seat {cand.seat} is at the identity-verification point: "
+                                   "its outcome decides (checkin verify)")
             if st.status != SeatStatus.SUSPECT:
                 raise CheckinError(f"seat {cand.seat} is not marked suspect (status {st.status})")
             if same_signature(who) in {same_signature(c) for c in st.confirmations}:
                 raise SameProctor(f"seat {cand.seat}: {who} has already confirmed; "
                                   "a second, different proctor must confirm")
             proctors = [*st.confirmations, who]
+            shut = self._gate() if self._gate is not None else None
+            if shut is not None and len(proctors) >= REQUIRED_CONFIRMATIONS:  # it would admit: not recorded
+                raise CheckinError(f"{shut}: entry is shut, the confirmation that would admit is refused")
             data = {"session": session.id, "seat": cand.seat, "proctor": who, "time": now,
                     "confirmations": len(proctors), "required": REQUIRED_CONFIRMATIONS,
                     "passed": len(proctors) >= REQUIRED_CONFIRMATIONS, "by": by}
             self.book.publish(session.id, EventKind.SUSPECT_CONFIRM, data)
             if data["passed"]:  # a candidate doubted after being swept in the room is not swept again
-                return self._checkin(Verdict.ADMITTED, session, now, Method.MANUAL, "manual", cand, reentry=False,
+                return self.verdict(Verdict.ADMITTED, session, now, Method.MANUAL, "manual", cand, reentry=False,
                                      sweep_required=st.before_suspect != SeatStatus.ADMITTED,
                                      proctors=proctors, lookup=Lookup.SUSPECT_CONFIRM, by=by)
             return data
@@ -256,9 +294,9 @@ class CheckinStation:
     def leave(self, seat: Any, by: str = "unknown") -> dict[str, Any]:
         """The candidate goes out; coming back is a new check (card or manual) and a new sweep."""
         with self._lock:
-            cand = self._find(seat)
+            cand = self.find(seat)
             now = self._clock()
-            session, _ = self._open_session(now)
+            session, _ = self.open_session(now)
             state = self.book.observe(session)
             if state.seat(cand.seat).status != SeatStatus.ADMITTED:
                 raise CheckinError(f"seat {cand.seat} is not in the room "
@@ -266,7 +304,7 @@ class CheckinStation:
             pending = state.pending_for(cand.seat)
             if pending is not None:
                 self.sweeps.close(session, pending, now, "manual", SweepResult.LEFT_BEFORE_CLEAR)
-            return self._checkin(Verdict.LEFT, session, now, Method.MANUAL, "manual", cand, by=by)
+            return self.verdict(Verdict.LEFT, session, now, Method.MANUAL, "manual", cand, by=by)
 
     # -- status ------------------------------------------------------------------------------
 
@@ -278,13 +316,19 @@ class CheckinStation:
                 "room": self._plan.room, "session": session.id if session else None,
                 "phase": phase.value, "total": len(self._plan), "seatplan_sha256": self._plan.sha256,
                 "listening": self._schedule.listening_at(now) is not None,
-                "admitted": 0, "suspect": 0, "out": 0, "present": 0, "absent": len(self._plan),
+                "admitted": 0, "suspect": 0, "out": 0, "handed_in": 0, "present": 0, "absent": len(self._plan),
+                "at_verification": [], "identity_refused": [], "handin_from": None,
                 "pending_sweep": [], "late_refused": [], "attendance_sent": False,
                 "record_written": False, "journal_skipped": self.book.journal_skipped}
+            if session is not None:
+                out["handin_from"] = self.departures.earliest_handin(session)
             if st is not None:
                 out.update(admitted=st.count(SeatStatus.ADMITTED), suspect=st.count(SeatStatus.SUSPECT),
-                           out=st.count(SeatStatus.OUT), present=st.count(*PRESENT),
-                           absent=len(self._plan) - st.count(*PRESENT),
+                           out=st.count(SeatStatus.OUT), handed_in=st.count(SeatStatus.HANDED_IN),
+                           present=st.count(*PRESENT),
+                           absent=len(self._plan) - st.count(*PRESENT, SeatStatus.IDENTITY_REFUSED),
+                           at_verification=st.seats_in(self._plan.seats(), SeatStatus.AT_VERIFICATION),
+                           identity_refused=st.seats_in(self._plan.seats(), SeatStatus.IDENTITY_REFUSED),
                            pending_sweep=[p.seat for p in st.pending], late_refused=st.late_refused(),
                            attendance_sent=st.attendance_sent, record_written=st.record_written)
             return out

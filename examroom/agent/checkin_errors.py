@@ -21,3 +21,7 @@ class AmbiguousCandidate(CheckinError):
 
 class SameProctor(CheckinError):
     pass
+
+
+class HandInTooEarly(CheckinError):
+    """考试终了信号发出前不得交卷: before the earliest hand-in time, unless forced on record."""

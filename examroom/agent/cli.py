@@ -87,7 +87,7 @@ def _with_timeout(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _preflight(cfg: Any, as_service: bool) -> Any:
     """Everything check-config checks beyond the file itself, as one ConfigError: the paths
-    the agent writes and the seat plan. ``run`` passes it before it opens anything, so the
+    the agent writes, the seat plan and the violation code list. ``run`` passes it before it opens anything, so the
     unit needs no ExecStartPre (whose exit 2 systemd would restart). Returns the seat plan."""
     from examroom.agent.config import check_paths
 
@@ -100,6 +100,12 @@ def _preflight(cfg: Any, as_service: bool) -> Any:
             plan = load_seatplan(cfg.checkin["seatplan"], cfg.room["id"])
         except ConfigError as e:
             problems.extend(e.problems)
+    from examroom.agent.violations import load_codes
+
+    try:  # the agent loads it again when it starts: a wrong row must stop it here, with exit 2
+        load_codes(cfg.procedure["violation_codes"])
+    except ConfigError as e:
+        problems.extend(e.problems)
     if problems:
         raise ConfigError(problems)
     return plan
@@ -129,6 +135,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  exam sessions: {len(cfg.exams)}")
     if plan is not None:
         print(f"  seat plan: {len(plan)} candidates, sha256 {plan.sha256[:16]}…")
+        expected = cfg.procedure["seatplan_sha256"]
+        if expected and expected != plan.sha256:  # a warning: the site may still correct it (seatplan_expect)
+            print(f"warning: the seat plan's sha256 {plan.sha256[:12]} is not the bundle's {expected[:12]}: "
+                  "the agent will refuse every admission (plan_unverified)", file=sys.stderr)
     return 0
 
 
@@ -161,6 +171,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                      + (f" ({d['reason']})" if d.get("reason") else ""))
     if resp.get("exam"):
         lines.append("exam:      " + json.dumps(resp["exam"], ensure_ascii=False))
+    if (resp.get("exam") or {}).get("plan_check"):
+        from examroom.agent.plan_check import describe
+
+        lines.append("seat plan " + describe(resp["exam"]["plan_check"]))
     if resp.get("pushes"):
         from examroom.agent.cli_exam import pushes_text
 
@@ -270,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     from examroom.agent import cli_exam
 
     cli_exam.add_commands(sub, with_config, _call, _reply)
+    from examroom.agent import cli_procedure
+
+    cli_procedure.add_commands(sub, with_config, _call, _reply)
+    from examroom.agent import cli_record
+
+    cli_record.add_commands(sub, with_config, _call, _reply, _load)
     return p
 
 

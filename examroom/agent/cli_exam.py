@@ -23,6 +23,7 @@ REFUSED = {
     Verdict.DUPLICATE: "already checked in (status {status}); this second admission is flagged",
     Verdict.LATE_REFUSED: "late: entry closed at {cutoff}",
     Verdict.OUTSIDE_WINDOW: "outside the entry window (phase {phase})",
+    Verdict.REENTRY_REFUSED: "the seat is closed (status {status}): no re-entry this session",
 }
 
 
@@ -76,6 +77,9 @@ def state_text(d: dict[str, Any]) -> tuple[str, int]:
              f"suspect {d.get('suspect')}, stepped out {d.get('out')}), absent {d.get('absent')}",
              f"waiting for a sweep: {_seats(d.get('pending_sweep'))}",
              f"late refused: {_seats(d.get('late_refused'))}",
+             f"handed in: {d.get('handed_in', 0)} (hand-in from {_clock(d.get('handin_from'))}); "
+             f"at the identity-verification point: {_seats(d.get('at_verification'))}; "
+             f"identity refused: {_seats(d.get('identity_refused'))}",
              f"attendance sent: {'yes' if d.get('attendance_sent') else 'no'}, "
              f"session record written: {'yes' if d.get('record_written') else 'no'}"]
     if d.get("journal_skipped"):
@@ -143,7 +147,8 @@ def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callabl
         sp.add_argument("--json", action="store_true", help="print the agent's reply as JSON")
         sp.set_defaults(fn=lambda a: run(a, cmd, build(a), human))
 
-    ck = sub.add_parser("checkin", help="check-in fallbacks when a card cannot be read, suspects, leaving",
+    ck = sub.add_parser("checkin", help="check-in fallbacks when a card cannot be read, suspects, leaving, "
+                                        "hand-in, the identity-verification point",
                         description="Exit 0: done as asked; 1: refused (the reason is printed; an admission "
                                     "that does not admit is still recorded); 2: usage or config error.")
     cks = ck.add_subparsers(dest="checkin_command", required=True)
@@ -181,6 +186,9 @@ def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callabl
             lambda a: {"seat": a.seat}, lambda sp: sp.add_argument("seat"))
     checkin("state", "check-in counts, phase and pending sweeps", "checkin_state", lambda a: {},
             lambda sp: None, state_text)
+    from examroom.agent import cli_handin_verify  # it renders admissions with checkin_text: imported late
+
+    cli_handin_verify.add_commands(checkin)
 
     au = sub.add_parser("audio", help="unified audio source: switch source, trial listening")
     aus = au.add_subparsers(dest="audio_command", required=True)

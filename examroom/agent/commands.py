@@ -41,10 +41,23 @@ WHERE: dict[str, frozenset[str]] = {
     "checkin_suspect": frozenset({LOCAL}),
     "checkin_confirm": frozenset({LOCAL}),
     "checkin_leave": frozenset({LOCAL}),
+    "checkin_handin": frozenset({LOCAL}),
+    "checkin_send_to_verification": frozenset({LOCAL}),
+    "checkin_verify": frozenset({LOCAL}),
     "checkin_state": frozenset({LOCAL}),
     "exam_lock": frozenset({LOCAL, SITE}),
     "push": frozenset({SITE}),  # an instruction from above (指令推送): the site pushes, the room answers
     "push_ack": frozenset({LOCAL}),  # ... and a person in the room answers it, never the site
+    # the exam-day procedure (docs/procedure.md); handlers given through ``extra``
+    "time_check": frozenset({SITE}),  # the site publishes its time before each session; rooms answer their offset
+    "clock_confirm": frozenset({LOCAL}),  # a proctor checked the wall clock
+    "proctor_signin": frozenset({LOCAL}),  # proctors on duty: names and units stay in the room
+    "proctor_list": frozenset({LOCAL}),
+    "proctor_check": frozenset({LOCAL}),
+    "violation": frozenset({LOCAL}),  # a proctor records a violation by its fact code (violations.py)
+    # the seat plan's SHA-256 as the site distributed it (plan_check.py); never from the box, whose
+    # own plan it checks: a person there could otherwise vouch for whatever plan is loaded
+    "seatplan_expect": frozenset({SITE}),
 }
 REMOTE = frozenset(name for name, where in WHERE.items() if SITE in where)
 MAX_NOTE = 2000
@@ -97,6 +110,8 @@ class Commands:
             "snapshot": self.snapshot, "audio_switch": self.audio_switch, "trial_listening": self.trial,
             "sim": self.sim, "checkin_admit": self.admit, "checkin_suspect": self.suspect,
             "checkin_confirm": self.confirm, "checkin_leave": self.leave, "checkin_state": self.checkin_state,
+            "checkin_handin": self.handin, "checkin_send_to_verification": self.send_to_verification,
+            "checkin_verify": self.verify,
             "exam_lock": self.exam_lock, "push": self.push, "push_ack": self.push_ack, **(extra or {})}
         assert set(self.table) == set(WHERE), "every command is listed in WHERE, and only those"
 
@@ -235,6 +250,21 @@ class Commands:
 
     def leave(self, args: dict[str, Any]) -> dict[str, Any]:
         return self._need_station().leave(_arg(args, "seat"), by=_by(args))
+
+    def handin(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``force`` (with a ``reason``) lets an exception through before the earliest hand-in time."""
+        force = args.get("force", False)
+        if not isinstance(force, bool):
+            raise RequestError("'force' must be true or false")
+        return self._need_station().departures.hand_in(_arg(args, "seat"), _arg(args, "proctor"), force=force,
+                                            reason=_text(args, "reason", 300) if force else "", by=_by(args))
+
+    def send_to_verification(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._need_station().departures.send_to_verification(_arg(args, "seat"), _arg(args, "proctor"), by=_by(args))
+
+    def verify(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._need_station().departures.verify(_arg(args, "seat"), _arg(args, "outcome"), _text(args, "point", 100),
+                                           _arg(args, "proctor"), by=_by(args))
 
     def checkin_state(self, _args: dict[str, Any]) -> dict[str, Any]:
         return self._need_station().state()

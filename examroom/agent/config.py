@@ -68,6 +68,16 @@ def _listen(v: str) -> bool:
     return bool(sep) and port.isascii() and port.isdigit() and 0 <= int(port) < 65536
 
 
+def _gpio_pin(help: str) -> Option:
+    """A door output: a GPIO number or a gpiozero pin name; absent: that output is not wired."""
+    return Option((int, str), check=lambda v: (isinstance(v, int) and v >= 0) or (isinstance(v, str) and bool(v.strip())),
+                  expected='a GPIO number (17) or a gpiozero pin name ("GPIO17", "BOARD11")', help=help)
+
+
+def _pattern_s(default: float, help: str) -> Option:
+    return Option((int, float), default=default, check=lambda v: 0.05 <= v <= 30, expected="0.05-30 seconds", help=help)
+
+
 SCHEMA: dict[str, dict[str, Option]] = {
     "site": {
         "id": Option(str, required=True, check=_topic_safe, expected="1-64 of [A-Za-z0-9_-]"),
@@ -154,6 +164,20 @@ SCHEMA: dict[str, dict[str, Option]] = {
                                   help="the seat plan's SHA-256 the site distributed: entry stays shut on a mismatch"),
         "photo_dir": Option(str, default="", path=True,
                             help="where the seat plan's photo files are; each is checked at start"),
+    },
+    # door feedback (docs/procedure.md): only with a [door] table; lights and buzzer are optional
+    "door": {
+        "backend": Option(str, default="gpio", check=lambda v: v in ("gpio", "sim"), expected='"gpio" or "sim"',
+                          help="gpio: gpiozero's pin factory (GPIOZERO_PIN_FACTORY or the board's); sim: mock pins"),
+        "green_pin": _gpio_pin("admitted"), "red_pin": _gpio_pin("refused"),
+        "amber_pin": _gpio_pin("suspect, duplicate (blinks; the red LED without one)"),
+        "buzzer_pin": _gpio_pin("beeps on a refusal"),
+        "admitted_s": _pattern_s(1.0, "green on"), "refused_s": _pattern_s(3.0, "red on"),
+        "attention_s": _pattern_s(3.0, "amber blinking"), "blink_s": _pattern_s(0.25, "amber on, then off"),
+        "beep_s": _pattern_s(0.15, "one beep, and the pause after it"),
+        "beeps": Option(int, default=2, check=lambda v: 0 <= v <= 5, expected="0-5 beeps"),
+        "page_listen": Option(str, default="127.0.0.1:8090", check=_listen, expected='"host:port" or "" to disable',
+                              help="the proctor's page of the last verdicts; keep it on loopback"),
     },
     "log": {
         "level": Option(str, default="INFO",
@@ -378,7 +402,10 @@ def parse(text: str, file: str) -> Config:
 PROCTOR = {"id": Option(str, required=True, check=_topic_safe, expected="1-64 of [A-Za-z0-9_-] (a staff number)",
                         help="what the proctor signs with; the only thing of theirs that leaves the room"),
            "name": Option(str, required=True, check=lambda v: bool(v.strip()), expected="a non-empty name"),
-           "unit": Option(str, required=True, check=lambda v: bool(v.strip()), expected="the proctor's work unit")}
+           "unit": Option(str, required=True, check=lambda v: bool(v.strip()), expected="the proctor's work unit"),
+           "sex": Option(str, default="", check=lambda v: v.strip() in SEXES, expected='"F" or "M" (女 or 男)',
+                         help="for [procedure] require_woman; stays in the room like the name")}
+SEXES = {"F": "F", "M": "M", "f": "F", "m": "M", "女": "F", "男": "M", "": ""}  # as written -> as kept
 
 
 def _check_proctors(tables: Any, file: str, problems: list[Problem]) -> list[dict[str, str]]:
@@ -399,7 +426,7 @@ def _check_proctors(tables: Any, file: str, problems: list[Problem]) -> list[dic
                                     "expected each proctor once", row["id"]))
             continue
         seen[key] = i
-        out.append(row)
+        out.append({**row, "sex": SEXES[row["sex"].strip()]})
     return out
 
 

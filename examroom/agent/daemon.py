@@ -26,6 +26,7 @@ from examroom.agent.config import Config
 from examroom.agent.control import ControlServer
 from examroom.agent.devices import Devices
 from examroom.agent.disk_reserve import DiskFull
+from examroom.agent.door import Door
 from examroom.agent.events import Event, iso_now
 from examroom.agent.exam_lock import ExamLock
 from examroom.agent.hostinfo import host_health
@@ -33,6 +34,8 @@ from examroom.agent.instance import InstanceLock, StartFailed
 from examroom.agent.metrics import Metrics
 from examroom.agent.metrics_bridge import MetricsBridge
 from examroom.agent.photos import Photos
+from examroom.agent.plan_check import PlanCheck
+from examroom.agent.procedure import Procedure
 from examroom.agent.pushes import Pushes
 from examroom.agent.remote_commands import RemoteCommands
 from examroom.agent.retention import Retention
@@ -68,16 +71,23 @@ class Agent:
         self.metrics_bridge = MetricsBridge(self.bus, self.metrics)
         self.photos = Photos(self.devices, self.emit, [dc.name for dc in config.devices if dc.kind == "camera"])
         ck = config.checkin
+        self.plan_check = PlanCheck(plan, config.procedure["seatplan_sha256"], config.procedure["photo_dir"],
+                                    self.spool, self.emit, clock, config.procedure["timezone"],
+                                    record=lambda incident: self.room.note_incident(incident))
         self.room = Room(config.room["id"], config.schedule, plan, ck["record_dir"], ck["journal"],
                          config.listening["auto_switch_backup"], self.bus, self.emit, clock, self.devices,
-                         self.photos, roster=[p["id"] for p in config.proctors])
+                         self.photos, roster=[p["id"] for p in config.proctors],
+                         handin_not_before_end_min=config.procedure["handin_not_before_end_min"],
+                         gate=self.plan_check.refusal)
         self.pushes = Pushes(self.emit, self.room.scrub, [p["id"] for p in config.proctors], clock)
+        self.procedure = Procedure(config, self.emit, clock, self.room.scrub, self._clock_device)
         self.commands = Commands(
             emit=self.emit, clock=clock, devices=self.devices, status=self.status, scrub=self.room.scrub,
             lock=ExamLock(config.schedule, clock, self.emit, self.room.scrub),
             station=lambda: self.room.station, photos=self.photos,
             trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident),
-            pushes=self.pushes, switch_by=self.room.switch_by)
+            pushes=self.pushes, switch_by=self.room.switch_by,
+            extra={**self.procedure.commands(), "seatplan_expect": self.plan_check.expect})
         self.retention = Retention(
             config.retention["keep_days"],
             [ck["record_dir"], *(dc.options["snapshot_dir"] for dc in config.devices if dc.options.get("snapshot_dir"))],
@@ -92,6 +102,8 @@ class Agent:
         self._metrics_server: Any = None
         self.loop_errors: dict[str, str] = {}  # main-loop step -> last error, shown as alerts
         self._published_state = ""
+        self.door = Door.from_config(config, self.emit, clock, self.room.exam_state, self.plan_check.refusal)
+        self._listeners = [self.door.on_event]  # what emit fans each stored event out to: queue and return
 
     # -- events -------------------------------------------------------------
     def emit(self, kind: str, data: dict[str, Any]) -> Event | None:
@@ -105,13 +117,28 @@ class Agent:
         if ev is not None:  # None: telemetry refused by a full spool, counted by on_drop
             self.metrics.spooled.labels(kind=kind).inc()
             self.uplink.offer(ev)
+            for listener in self._listeners:  # after the spool: a listener sees only what is on record
+                try:
+                    listener(kind, data)
+                except Exception:  # the caller's event is stored and on its way: never undo that
+                    log.exception("a listener of %s events failed", kind)
         return ev
 
     def _reply(self, topic: str, payload: dict[str, Any], correlation: Any) -> None:
         self.uplink.publish_reply(topic, payload, correlation)
 
+    def _attach_procedure(self) -> None:
+        self.procedure.attach(self.room.book)
+
+    def _clock_device(self) -> dict[str, Any] | None:
+        """The first clock device's status entry and name: time_check's NTP view."""
+        return next(({"device": n, **d} for n, d in self.devices.statuses().items() if d["kind"] == "clock"), None)
+
     def room_state(self) -> tuple[RoomState, list[str]]:
-        return room_state(self.devices.needing_attention(), self.room.alerts(), self.loop_errors,
+        return room_state(self.devices.needing_attention(),
+                          [*self.room.alerts(), *self.procedure.alerts(),
+                           *self.plan_check.alerts(), *self.door.alerts()],
+                          self.loop_errors,
                           self.uplink.rejected, self.spool.overfull, self.spool.disk_full, self.spool.unstored)
 
     # -- payloads -----------------------------------------------------------
@@ -146,9 +173,16 @@ class Agent:
                       "unstored": depth["unstored"]},
             "rtt_ms": self.uplink.rtt_ms,
             "devices": self.devices.statuses(),
-            "exam": self.room.exam_state(),
+            "exam": self._exam_state(),
             "host": host_health(str(Path(self.config.spool["path"]).parent)),
         }
+
+    def _exam_state(self) -> dict[str, Any]:
+        """The station's state, and whether its seat plan is the one the site distributed."""
+        exam = self.room.exam_state()
+        if self.plan_check.active:
+            exam = {**exam, "plan_check": self.plan_check.state()}
+        return exam
 
     def status(self) -> dict[str, Any]:
         state, alerts = self.room_state()
@@ -158,7 +192,7 @@ class Agent:
                            "rtt_ms": self.uplink.rtt_ms},
                 "state": state, "alerts": alerts,
                 "spool": self.spool.depth(), "last_heartbeat": self.last_heartbeat,
-                "devices": self.devices.statuses(), "exam": self.room.exam_state(),
+                "devices": self.devices.statuses(), "exam": self._exam_state(),
                 "pushes": self.pushes.pending()}
 
     def publish_state_if_changed(self) -> None:
@@ -178,6 +212,9 @@ class Agent:
         steps: list[tuple[str, Callable[[], None]]] = [
             (f"spool {self.config.spool['path']}", self.spool.open),
             ("room", self.room.start),  # listeners before devices: nothing a device says at start is lost
+            ("exam procedure", self._attach_procedure),
+            ("seat plan check", self.plan_check.start),  # before devices: no card is read before it decided
+            ("door feedback", self.door.start),  # a GPIO or a port it cannot have is an alert, not a failed start
             ("metrics bridge", self.metrics_bridge.start),
             ("devices", self.devices.start),
             ("uplink", self.uplink.start),
@@ -246,6 +283,7 @@ class Agent:
     def stop(self) -> None:
         notify("STOPPING=1")
         self.control.stop()
+        self.door.stop()
         self.photos.stop()
         self.uplink.stop()
         self.devices.stop()

@@ -32,7 +32,9 @@ class Room:
     def __init__(self, room_id: str, schedule: Schedule | None, plan: SeatPlan | None,
                  record_dir: str | Path, journal: str | Path, auto_switch_backup: bool,
                  bus: Bus, emit: Emit, clock: Callable[[], float], devices: Devices, photos: Photos,
-                 roster: list[str] | None = None) -> None:
+                 roster: list[str] | None = None, handin_not_before_end_min: float = 0.0,
+                 gate: Callable[[], str | None] | None = None) -> None:
+        self._gate = gate  # why entry is shut (an unverified seat plan), None when open
         self._room_id = room_id
         self._schedule = schedule
         self._plan = plan
@@ -45,6 +47,7 @@ class Room:
         self._devices = devices
         self._photos = photos
         self._roster = roster or []
+        self._handin_not_before_end_min = handin_not_before_end_min  # [procedure]: the province's rule
         self.scrub = Scrubber(c.name for c in plan.candidates) if plan is not None else Scrubber()
         self.book: SessionBook | None = None
         self.station: CheckinStation | None = None
@@ -63,7 +66,9 @@ class Room:
                 log.warning("seat plan loaded but no [[exam]] session configured: check-in stays closed")
             self.station = CheckinStation(self.book, self._clock, self.scrub,
                                           snapshot=self._photos.for_checkin if self._photos.configured else None,
-                                          roster=self._roster)
+                                          roster=self._roster,
+                                          handin_not_before_end_min=self._handin_not_before_end_min,
+                                          gate=self._gate)
             self._bus.subscribe(CardPresented, self.station.on_card)
             self._bus.subscribe(MetalAlarm, self.station.sweeps.on_metal_alarm)
             self._bus.subscribe(SweepButton, self.station.sweeps.on_sweep_button)

@@ -86,6 +86,12 @@ class Schedule:
                 return s, s.phase(now)
         return (self.sessions[-1], Phase.ENDED) if self.sessions else (None, Phase.ENDED)
 
+    def upcoming(self, now: float) -> Session | None:
+        """The session the room is in or waiting for; None after the last one. What a step taken
+        before the exam (a clock check, a proctor's sign-in) belongs to: the session it prepares."""
+        session, phase = self.phase(now)
+        return None if phase == Phase.ENDED else session
+
     def lock_at(self, now: float) -> str | None:
         """Why the room must not be disturbed now, in words; None when nothing is open.
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], "Event | None"]  # None: refused telemetry (or a test's list)
 SessionEnd = Callable[[Session, rec.SessionState, float], None]
+SessionTick = Callable[[Session, rec.SessionState, float], None]
 
 
 class IncidentError(ValueError):
@@ -53,6 +54,8 @@ class SessionBook:
         self._states: dict[str, rec.SessionState] = {}
         self._started_at: float | None = None
         self._at_end: list[SessionEnd] = []
+        self._at_tick: list[SessionTick] = []
+        self._printouts: list[rec.Printout] = []
         self.journal_skipped = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -76,6 +79,18 @@ class SessionBook:
         """``hook`` runs under the lock once per session, just before its record is written
         (the station closes the sweeps still pending there)."""
         self._at_end.append(hook)
+
+    def at_tick(self, hook: SessionTick) -> None:
+        """``hook`` runs under the lock on every tick for each session whose entry has opened
+        and whose record is not written yet, before its attendance and record: procedure steps
+        due by the timetable (the exam signals, the proctor check at entry) are journalled with
+        their session, so they happen once, restarts included, and the record lists them."""
+        self._at_tick.append(hook)
+
+    def add_printout(self, printout: rec.Printout) -> None:
+        """One more file written from each record's JSON document beside it (the printed room
+        record card), its SHA-256 in the record's ``files`` like the JSON's and the CSV's."""
+        self._printouts.append(printout)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -178,25 +193,30 @@ class SessionBook:
     # -- attendance and record ----------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Attendance at the cutoff (rooms with a seat plan) and the record at the end, each
-        exactly once per session.
+        """The ``at_tick`` steps from entry opening, attendance at the cutoff (rooms with a seat
+        plan) and the record at the end, the last two exactly once per session.
 
         A session that ended before this book started and left nothing in the journal was
         never observed: no attendance or record is invented for it.
         """
         with self.lock:
             for s in self.schedule.sessions:
-                if now < s.cutoff:
+                if now < s.entry_opens:
                     continue
                 if s.id not in self._states and self._started_at is not None and s.end <= self._started_at:
                     continue
                 state = self.observe(s)
+                if not state.record_written:
+                    for step in self._at_tick:
+                        step(s, state, now)
+                if now < s.cutoff:
+                    continue
                 if self.plan.candidates and not state.attendance_sent:
                     self.publish(s.id, EventKind.ATTENDANCE, rec.attendance(state, s, self.plan, now))
                 if now >= s.end and not state.record_written:
                     for hook in self._at_end:
                         hook(s, state, now)
-                    files = rec.write_record(state, s, self.plan, self._record_dir, now)
+                    files = rec.write_record(state, s, self.plan, self._record_dir, now, self._printouts)
                     self.publish(s.id, EventKind.SESSION_RECORD, {
                         "session": s.id, "room": self.plan.room, "subject": s.subject,
                         "start": s.start, "end": s.end, "time": now,

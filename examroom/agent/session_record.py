@@ -23,12 +23,24 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from examroom.agent.schedule import Session
 from examroom.agent.seatplan import SeatPlan
-from examroom.contract.vocabulary import (PRESENT, AttendanceStatus, EventKind, Method, SeatStatus,
-                                          SweepResult, Verdict)
+from examroom.contract.vocabulary import (OPEN_SUSPECTS, PRESENT, AttendanceStatus, EventKind, Lookup, Method,
+                                          SeatStatus, SweepResult, Verdict, VerificationOutcome)
+
+# a seat's status after a verdict that moves the candidate out of (or back to) the door's way
+STATUS_AFTER = {Verdict.LEFT: SeatStatus.OUT, Verdict.HANDED_IN: SeatStatus.HANDED_IN,
+                Verdict.SENT_TO_VERIFICATION: SeatStatus.AT_VERIFICATION,
+                Verdict.IDENTITY_REFUSED: SeatStatus.IDENTITY_REFUSED}
+# a seat's line on the record: a suspect still at the verification point is an open suspect
+ROW_STATUS = {SeatStatus.ABSENT: AttendanceStatus.ABSENT, SeatStatus.SUSPECT: AttendanceStatus.SUSPECT,
+              SeatStatus.AT_VERIFICATION: AttendanceStatus.SUSPECT, SeatStatus.HANDED_IN: AttendanceStatus.HANDED_IN,
+              SeatStatus.IDENTITY_REFUSED: AttendanceStatus.IDENTITY_REFUSED}
+# verdicts that turn nobody away: not in a candidate's ``refusals`` on the printed card
+NOT_REFUSALS = (Verdict.ADMITTED, Verdict.LEFT, Verdict.SUSPECT, Verdict.DUPLICATE, Verdict.HANDED_IN,
+                Verdict.SENT_TO_VERIFICATION)
 
 
 @dataclass
@@ -56,6 +68,12 @@ class SessionState:
     sweeps: list[dict[str, Any]] = field(default_factory=list)
     confirms: list[dict[str, Any]] = field(default_factory=list)
     incidents: list[dict[str, Any]] = field(default_factory=list)
+    signals: list[dict[str, Any]] = field(default_factory=list)  # exam_signal data, as due
+    time_checks: list[dict[str, Any]] = field(default_factory=list)
+    clock_confirms: list[dict[str, Any]] = field(default_factory=list)
+    proctors: list[str] = field(default_factory=list)  # roster ids signed in, in order
+    proctor_checks: list[dict[str, Any]] = field(default_factory=list)
+    violations: list[dict[str, Any]] = field(default_factory=list)  # violation data (violations.py), in order
     attendance_sent: bool = False
     record_written: bool = False
 
@@ -78,8 +96,8 @@ class SessionState:
             elif verdict == Verdict.SUSPECT:
                 st = self.seat(seat)
                 st.before_suspect, st.status, st.confirmations = st.status, SeatStatus.SUSPECT, []
-            elif verdict == Verdict.LEFT:
-                self.seat(seat).status = SeatStatus.OUT
+            elif verdict in STATUS_AFTER:
+                self.seat(seat).status = STATUS_AFTER[verdict]
         elif kind == EventKind.SUSPECT_CONFIRM:
             self.confirms.append(data)
             self.seat(seat).confirmations.append(data["proctor"])
@@ -96,6 +114,19 @@ class SessionState:
                     p.rechecks += 1
         elif kind == "_incident":
             self.incidents.append(data)
+        elif kind == EventKind.EXAM_SIGNAL:
+            self.signals.append(data)
+        elif kind == EventKind.TIME_CHECK:
+            self.time_checks.append(data)
+        elif kind == EventKind.CLOCK_CONFIRM:
+            self.clock_confirms.append(data)
+        elif kind == EventKind.PROCTOR_SIGNIN:
+            if data["proctor"] not in self.proctors:
+                self.proctors.append(data["proctor"])
+        elif kind == EventKind.PROCTOR_CHECK:
+            self.proctor_checks.append(data)
+        elif kind == EventKind.VIOLATION:
+            self.violations.append(data)
         elif kind == EventKind.ATTENDANCE:
             self.attendance_sent = True
         elif kind == EventKind.SESSION_RECORD:
@@ -104,8 +135,17 @@ class SessionState:
     def count(self, *statuses: str) -> int:
         return sum(1 for s in self.seats.values() if s.status in statuses)
 
+    def seats_in(self, order: Iterable[str], *statuses: str) -> list[str]:
+        """The seats now in one of ``statuses``, in ``order`` (the seat plan's)."""
+        return [s for s in order if s in self.seats and self.seats[s].status in statuses]
+
+    def with_verdict(self, verdict: str, lookup: str | None = None) -> list[str]:
+        """The seats that got ``verdict`` (and ``lookup``) at least once, in the order they first did."""
+        return _unique(c["seat"] for c in self.checkins if c["verdict"] == verdict and c.get("seat")
+                       and (lookup is None or c.get("lookup") == lookup))
+
     def late_refused(self) -> list[str]:
-        return _unique(c["seat"] for c in self.checkins if c["verdict"] == Verdict.LATE_REFUSED and c.get("seat"))
+        return self.with_verdict(Verdict.LATE_REFUSED)
 
     def manual_admissions(self) -> int:
         return sum(1 for c in self.checkins if c["verdict"] == Verdict.ADMITTED and c["method"] == Method.MANUAL)
@@ -125,7 +165,9 @@ def attendance(state: SessionState, session: Session, plan: SeatPlan, now: float
         "absent": [s for s in seats if state.seat(s).status == SeatStatus.ABSENT],
         "late_refused": state.late_refused(),
         "manual_admissions": state.manual_admissions(),
-        "suspects": [s for s in seats if state.seat(s).status == SeatStatus.SUSPECT],
+        "suspects": state.seats_in(seats, *OPEN_SUSPECTS),
+        "handed_in": state.seats_in(seats, SeatStatus.HANDED_IN),
+        "identity_refused": state.seats_in(seats, SeatStatus.IDENTITY_REFUSED),
         "pending_sweep": [p.seat for p in state.pending],
         "complete": state.observed_from <= session.entry_opens,
         "seatplan_sha256": plan.sha256,
@@ -147,11 +189,24 @@ def _seat_facts(state: SessionState, plan: SeatPlan) -> Iterator[_SeatFacts]:
         c = plan.by_seat(seat)
         assert c is not None
         mine = [e for e in state.checkins if e.get("seat") == seat]
-        status = state.seat(seat).status
         yield _SeatFacts(seat, c, mine, [e for e in mine if e["verdict"] == Verdict.ADMITTED],
                          [s for s in state.sweeps if s.get("seat") == seat and not s.get("unassociated")],
-                         AttendanceStatus(status) if status in (SeatStatus.ABSENT, SeatStatus.SUSPECT)
-                         else AttendanceStatus.PRESENT)
+                         ROW_STATUS.get(state.seat(seat).status, AttendanceStatus.PRESENT))
+
+
+def _verifications(mine: list[dict[str, Any]], iso: Callable[[float], str]) -> list[dict[str, Any]]:
+    """Each trip of a suspect to the identity-verification point, for the printed card: who sent
+    them when, and the outcome (``None`` while they are still there, or if it never came)."""
+    trips: list[dict[str, Any]] = []
+    for e in mine:
+        refused = e["verdict"] == Verdict.IDENTITY_REFUSED
+        if e["verdict"] == Verdict.SENT_TO_VERIFICATION:
+            trips.append({"sent_at": iso(e["time"]), "sent_by": e["proctor"], "outcome": None, "point": None,
+                          "proctor": None, "time": None})
+        elif trips and (refused or (e["verdict"] == Verdict.ADMITTED and e.get("lookup") == Lookup.VERIFICATION)):
+            trips[-1].update(outcome=VerificationOutcome.REFUSED if refused else VerificationOutcome.CONFIRMED,
+                             point=e["point"], proctor=e["proctor"], time=iso(e["time"]))
+    return trips
 
 
 def _candidate_rows(state: SessionState, session: Session, plan: SeatPlan) -> list[dict[str, Any]]:
@@ -161,6 +216,7 @@ def _candidate_rows(state: SessionState, session: Session, plan: SeatPlan) -> li
             "seat": seat, "ticket": c.ticket, "name": c.name, "id_masked": c.id_masked,
             "status": status,
             "admitted_at": session.iso(admitted[0]["time"]) if admitted else "",
+            "handed_in_at": next((session.iso(e["time"]) for e in mine if e["verdict"] == Verdict.HANDED_IN), ""),
             "method": admitted[0]["method"] if admitted else "",
             "reentries": sum(1 for e in admitted if e.get("reentry")),
             "left": sum(1 for e in mine if e["verdict"] == Verdict.LEFT),
@@ -170,8 +226,10 @@ def _candidate_rows(state: SessionState, session: Session, plan: SeatPlan) -> li
             "alarms": sum(s["alarms"] for s in sweeps),
             "rechecks": sum(s["rechecks"] for s in sweeps),
             "refusals": [f'{e["verdict"]} {session.iso(e["time"])}' for e in mine
-                         if e["verdict"] not in (Verdict.ADMITTED, Verdict.LEFT, Verdict.SUSPECT, Verdict.DUPLICATE)],
+                         if e["verdict"] not in NOT_REFUSALS],
             "suspect_confirmed_by": [f["proctor"] for f in state.confirms if f["seat"] == seat],
+            "verifications": _verifications(mine, session.iso),
+            "violations": [v["code"] for v in state.violations if v["seat"] == seat],
         })
     return rows
 
@@ -183,6 +241,9 @@ def summary(state: SessionState, session: Session, plan: SeatPlan) -> dict[str, 
         "total": att["total"], "present": att["present"], "absent": att["absent"],
         "late_refused": att["late_refused"], "suspects": att["suspects"],
         "manual_admissions": att["manual_admissions"], "checkin_events": len(state.checkins),
+        "handed_in": att["handed_in"], "reentry_refused": state.with_verdict(Verdict.REENTRY_REFUSED),
+        "verified": state.with_verdict(Verdict.ADMITTED, Lookup.VERIFICATION),
+        "identity_refused": att["identity_refused"],
         "sweeps": {"closed": len(closed),
                    "with_alarm": sum(1 for s in closed if s["alarms"] > 0),
                    "medical_metal_exempt": sum(1 for s in closed if s["medical_metal_exempt"]),
@@ -206,7 +267,9 @@ def _epoch(v: Any) -> float | None:
 
 # what an incident may show beyond its times; type-specific, absent when not given
 INCIDENT_FIELDS = ("device", "cause", "stepped_s", "synced", "offset_s", "source", "pass", "problems",
-                   "mean_dbfs", "peak_dbfs", "silences", "silent_s", "clipping_s", "file")
+                   "mean_dbfs", "peak_dbfs", "silences", "silent_s", "clipping_s", "file",
+                   "seatplan_sha256", "expected_sha256", "verified", "entry_blocked", "photos_missing",
+                   "seat", "code")
 
 
 def _public_incident(inc: dict[str, Any], scrub: Callable[[str], str]) -> dict[str, Any]:
@@ -248,6 +311,7 @@ def _public_seats(state: SessionState, plan: SeatPlan) -> list[dict[str, Any]]:
                                           "medical_metal_exempt")} for s in sweeps],
             "rechecks": sum(s["rechecks"] for s in sweeps),
             "suspect_confirmed_by": [f["proctor"] for f in state.confirms if f["seat"] == seat],
+            **({"violations": codes} if (codes := [v["code"] for v in state.violations if v["seat"] == seat]) else {}),
         })
     return rows
 
@@ -264,10 +328,28 @@ def published(state: SessionState, session: Session, plan: SeatPlan,
         "unassociated_sweeps": [{k: s[k] for k in ("trigger", "device", "time")}
                                 for s in state.sweeps if s.get("unassociated")],
         "incidents": [_public_incident(i, scrub) for i in state.incidents],
+        "violations": [{**{k: v[k] for k in ("seat", "ticket", "code", "text", "by", "escalated")},
+                        "time": _epoch(v["time"]), **({"note": v["note"]} if "note" in v else {})}
+                       for v in state.violations],
+        **procedure(state),
     }
 
 
-CSV_COLUMNS = ("record", "seat", "ticket", "name", "id_masked", "status", "admitted_at", "method",
+def procedure(state: SessionState) -> dict[str, Any]:
+    """The exam-day procedure on the record: the signals as they fell due, the clock checks
+    and who was on duty. Field by field, roster ids only: a proctor's name, unit or sex, and
+    a confirmation's note, stay in the room."""
+    return {
+        "signals": [{k: s[k] for k in ("signal", "at", "delay_s")} for s in state.signals],
+        "clock_checks": {
+            "time_checks": [{k: c[k] for k in ("box_time", "site_time", "offset_s", "ok")} for c in state.time_checks],
+            "confirmations": [{k: c[k] for k in ("by", "at")} for c in state.clock_confirms]},
+        "proctors": {"signed_in": list(state.proctors),
+                     "checks": [{k: c[k] for k in ("trigger", "at", "ok", "problems")} for c in state.proctor_checks]},
+    }
+
+
+CSV_COLUMNS = ("record", "seat", "ticket", "name", "id_masked", "status", "admitted_at", "handed_in_at", "method",
                "reentries", "sweep_results", "alarms", "rechecks", "medical_metal", "special_items", "time",
                "detail")
 
@@ -279,7 +361,8 @@ def _csv(rows: list[dict[str, Any]], state: SessionState, session: Session) -> s
     for r in rows:
         detail = "; ".join(r["refusals"] + ([f"left {r['left']}x"] if r["left"] else [])
                            + ([f"confirmed by {', '.join(r['suspect_confirmed_by'])}"]
-                              if r["suspect_confirmed_by"] else []))
+                              if r["suspect_confirmed_by"] else [])
+                           + [_trip_text(v) for v in r["verifications"]])
         w.writerow({**r, "record": "candidate", "sweep_results": " ".join(r["sweep_results"]),
                     "medical_metal": "yes" if r["medical_metal"] else "",
                     "special_items": "; ".join(r["special_items"]), "detail": detail})
@@ -292,7 +375,29 @@ def _csv(rows: list[dict[str, Any]], state: SessionState, session: Session) -> s
         w.writerow({"record": "incident", "time": session.iso(t) if isinstance(t, (int, float)) else t,
                     "detail": json.dumps({k: v for k, v in inc.items() if k not in ("time", "recorded_at")},
                                          ensure_ascii=False, sort_keys=True)})
+    for v in state.violations:
+        w.writerow({"record": "violation", "seat": v["seat"], "ticket": v["ticket"] or "", "time": v["time"],
+                    "detail": "; ".join([f'{v["code"]} {v["text"]}', *([v["note"]] if "note" in v else []),
+                                         f'by {v["by"]}', *(["reported to the site office"] if v["escalated"] else [])])})
+    steps = [("signal", s["at"], s["signal"]) for s in state.signals]
+    steps += [("time_check", c["box_time"], f'offset {c["offset_s"]:+.3f} s, {"ok" if c["ok"] else "WRONG"}')
+              for c in state.time_checks]
+    steps += [("clock_confirm", c["at"], f'wall clock checked by {c["by"]}') for c in state.clock_confirms]
+    steps += [("proctor_check", c["at"], "ok" if c["ok"] else "; ".join(c["problems"])) for c in state.proctor_checks]
+    for record, at, detail in sorted(steps, key=lambda r: datetime.fromisoformat(r[1])):
+        w.writerow({"record": record, "time": at, "detail": detail})
     return out.getvalue()
+
+
+def _trip_text(v: dict[str, Any]) -> str:
+    """One trip to the verification point, as the printed card says it (times already ISO)."""
+    sent = f"sent to identity verification {v['sent_at']} by {v['sent_by']}"
+    if v["outcome"] is None:
+        return f"{sent}, no outcome"
+    return f"{sent}, {v['outcome']} {v['time']} at {v['point']} by {v['proctor']}"
+
+
+Printout = Callable[[dict[str, Any]], tuple[str, str]]  # the record's JSON document -> (file suffix, text)
 
 
 def _write_atomic(path: Path, text: str) -> str:
@@ -312,8 +417,9 @@ def _write_atomic(path: Path, text: str) -> str:
 
 
 def write_record(state: SessionState, session: Session, plan: SeatPlan, record_dir: Path,
-                 now: float) -> list[dict[str, str]]:
-    """Write ``<session>-<room>.json`` and ``.csv``; returns name and SHA-256 of each file."""
+                 now: float, printouts: Iterable[Printout] = ()) -> list[dict[str, str]]:
+    """Write ``<session>-<room>.json`` and ``.csv``, and a file per printout made from the JSON
+    document (the printed card); returns name and SHA-256 of each file."""
     record_dir.mkdir(parents=True, exist_ok=True)
     rows = _candidate_rows(state, session, plan)
     doc = {
@@ -330,10 +436,19 @@ def write_record(state: SessionState, session: Session, plan: SeatPlan, record_d
         "candidates": rows,
         "checkins": state.checkins, "sweeps": state.sweeps,
         "suspect_confirmations": state.confirms, "incidents": state.incidents,
+        "signals": state.signals, "time_checks": state.time_checks, "clock_confirmations": state.clock_confirms,
+        "proctors": state.proctors, "proctor_checks": state.proctor_checks,
+        "violations": state.violations,
     }
-    base = f"{session.id}-{re.sub(r'[^A-Za-z0-9_-]', '_', plan.room)}"
+    base = record_name(session.id, plan.room)
     files = []
     for path, text in ((record_dir / f"{base}.json", json.dumps(doc, ensure_ascii=False, indent=1)),
-                       (record_dir / f"{base}.csv", _csv(rows, state, session))):
+                       (record_dir / f"{base}.csv", _csv(rows, state, session)),
+                       *((record_dir / f"{base}{suffix}", text) for suffix, text in (p(doc) for p in printouts))):
         files.append({"file": path.name, "sha256": _write_atomic(path, text)})
     return files
+
+
+def record_name(session_id: str, room: str) -> str:
+    """``<session>-<room>``, the record files' name without the suffix (the room made file-safe)."""
+    return f"{session_id}-{re.sub(r'[^A-Za-z0-9_-]', '_', room)}"

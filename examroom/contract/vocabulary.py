@@ -43,6 +43,11 @@ class Verdict(Word):
     EXPIRED_CARD = "expired_card"
     SUSPECT = "suspect"
     LEFT = "left"
+    HANDED_IN = "handed_in"  # 交卷: handed in and left for good
+    REENTRY_REFUSED = "reentry_refused"  # the seat's check is closed (handed in, or refused as an impostor)
+    SENT_TO_VERIFICATION = "sent_to_verification"  # a suspect goes to the site's identity-verification point
+    IDENTITY_REFUSED = "identity_refused"  # the verification point found an impostor (替考): never admitted
+    PLAN_UNVERIFIED = "plan_unverified"  # the seat plan differs from the site's SHA-256: entry stays shut
 
 
 class SeatStatus(Word):
@@ -52,9 +57,25 @@ class SeatStatus(Word):
     ADMITTED = "admitted"
     SUSPECT = "suspect"
     OUT = "out"  # left the room (escorted), may come back
+    AT_VERIFICATION = "at_verification"  # a suspect at the identity-verification point, outcome pending
+    HANDED_IN = "handed_in"  # final: no re-entry
+    IDENTITY_REFUSED = "identity_refused"  # final: an impostor, not the seat's candidate
 
 
-PRESENT = (SeatStatus.ADMITTED, SeatStatus.SUSPECT, SeatStatus.OUT)  # counted present at attendance
+# counted present at attendance (a candidate who handed in sat the exam)
+PRESENT = (SeatStatus.ADMITTED, SeatStatus.SUSPECT, SeatStatus.OUT, SeatStatus.AT_VERIFICATION,
+           SeatStatus.HANDED_IN)
+OPEN_SUSPECTS = (SeatStatus.SUSPECT, SeatStatus.AT_VERIFICATION)  # identity not settled yet
+CLOSED = (SeatStatus.HANDED_IN, SeatStatus.IDENTITY_REFUSED)  # the seat's check is over: nobody enters on it
+
+
+class VerificationOutcome(Word):
+    """What the site's identity-verification point found: the ``outcome`` a proctor gives
+    ``checkin_verify``; on the wire as the verdict it leads to (``admitted`` with lookup
+    ``verification``, or ``identity_refused``)."""
+
+    CONFIRMED = "confirmed"  # the candidate is who the card says: admitted
+    REFUSED = "refused"      # an impostor (替考): never admitted, the seat is closed
 
 
 class AttendanceStatus(Word):
@@ -63,6 +84,8 @@ class AttendanceStatus(Word):
     PRESENT = "present"
     ABSENT = "absent"
     SUSPECT = "suspect"
+    HANDED_IN = "handed_in"  # present, and left before the end
+    IDENTITY_REFUSED = "identity_refused"  # neither present nor absent: an impostor came
 
 
 class Method(Word):
@@ -80,6 +103,7 @@ class Lookup(Word):
     ID_LAST6 = "id_last6"
     TICKET_TAIL = "ticket_tail"
     SUSPECT_CONFIRM = "suspect_confirm"
+    VERIFICATION = "verification"  # a suspect whose identity the site's verification point confirmed
 
 
 class SweepTrigger(Word):
@@ -123,6 +147,37 @@ class EventKind(Word):
     FORCED = "forced"  # a disruptive action forced through the exam lock
     PUSH = "push"  # an instruction pushed by the site, shown in the room (指令推送)
     PUSH_ACK = "push_ack"  # a person in the room answered it
+    EXAM_SIGNAL = "exam_signal"  # entry, start, end warning, end: due by the room's clock (time_signals.py)
+    TIME_CHECK = "time_check"  # the room's clock against the site's published time (clock_check.py)
+    CLOCK_CONFIRM = "clock_confirm"  # a proctor checked the room's wall clock
+    PROCTOR_SIGNIN = "proctor_signin"  # a roster proctor on duty for a session (proctors.py)
+    PROCTOR_CHECK = "proctor_check"  # the room's proctors against the province's rules
+    PLAN_CHECK = "plan_check"  # the seat plan against the site's SHA-256, and its photos (plan_check.py)
+    VIOLATION = "violation"  # a proctor recorded a violation by the province's fact code (violations.py)
+
+
+class ExamSignal(Word):
+    """Which signal of a session (``exam_signal.signal``), in the order they are due."""
+
+    ENTRY = "entry"  # candidates may enter (entry opens)
+    START = "start"
+    END_WARNING = "end_warning"  # the reminder [procedure] end_warning_min before the end
+    END = "end"
+
+
+class CheckTrigger(Word):
+    """What made the proctor check run (``proctor_check.trigger``)."""
+
+    ENTRY = "entry"  # entry opened: once per session
+    DEMAND = "demand"  # someone asked (examroom-agent proctor check)
+    SIGNIN = "signin"  # a sign-in after a check of the same session: the finding may have cleared
+
+
+class PlanCheckTrigger(Word):
+    """What made the seat-plan check run (``plan_check.trigger``)."""
+
+    START = "start"  # the agent started: the plan and its photos as loaded
+    SEATPLAN_EXPECT = "seatplan_expect"  # the site sent the expected SHA-256
 
 
 # Evidence is what a cheating case or an incident report may rest on: never dropped from the
@@ -136,6 +191,8 @@ class IncidentType(Word):
     AUDIO_LOSS = "audio_loss"
     CLOCK_STEP = "clock_step"
     TRIAL_LISTENING = "trial_listening"
+    PLAN_CHECK = "plan_check"  # the seat plan unverified or photos missing (or the site's new expectation)
+    VIOLATION = "violation"  # an escalated violation: the site office was told at once
 
 
 class IncidentPhase(Word):

@@ -12,7 +12,7 @@ import threading
 from typing import Callable
 
 from examroom.agent.errors import ConfigError
-from examroom.site import jointtest_cli, push_cli
+from examroom.site import jointtest_cli, push_cli, timecheck_cli
 from examroom.site.config import SiteConfig, load
 
 EXIT_CODES = ("exit codes: 0 done or every room passed; 1 a check failed (a room failed, a push "
@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_export)
     jointtest_cli.add_parsers(sub)
     push_cli.add_parsers(sub)
+    timecheck_cli.add_parsers(sub)
     return p
 
 
