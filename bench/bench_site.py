@@ -10,6 +10,8 @@ Run: .venv/bin/python bench/bench_site.py [--rooms 1000] [--seconds 60] [--check
 4. Measured: ingest lag (the store's receive time minus the payload's ``ts``) of heartbeats
    and check-ins, p50/p99/max; the aggregator's CPU over the steady window; the board's
    update time (a room turns to alert -> its tile arrives on the board's event stream).
+5. The joint-test round: ``examroom-site jointtest`` (ping, selftest, snapshot) over 100 rooms
+   answered by a responder with a real agent's replies: wall time and round trips.
 Targets (docs/performance.md): lag p99 < 1 s at 1,000 rooms, CPU < 50 % of a core,
 board update < 2 s.
 """
@@ -20,6 +22,7 @@ import json
 import multiprocessing
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from devkit.localbroker import Broker, free_port  # noqa: E402
 from examroom.agent.control import call  # noqa: E402
 from examroom.site.store import Store  # noqa: E402
-from siteload import run_rooms  # noqa: E402
+from siteload import answer_commands, run_rooms  # noqa: E402
 from tests.agentproc import AgentProcess  # noqa: E402
 from tests.site_lab import SiteProcess, site_toml  # noqa: E402
 
@@ -77,6 +80,9 @@ def capture_templates(tmp: Path, port: int) -> dict[str, Any]:
     try:
         first_id = (ROOT / "config/demo-seatplan.csv").read_text(encoding="utf-8").splitlines()[1].split(",")[4]
         call(agent.socket, "sim", words=["card", first_id])
+        got["replies"] = {name: {k: v for k, v in call(agent.socket, name, **args).items()
+                                 if k not in ("ok", "request_id", "command")}
+                          for name, args in (("ping", {}), ("selftest", {"act": False}), ("snapshot", {"tag": "bench"}))}
         with done:
             if not done.wait_for(lambda: {"status", "heartbeat", "checkin"} <= set(got), 30):
                 raise RuntimeError(f"no real payloads captured: {sorted(got)}")
@@ -155,12 +161,33 @@ def sample_heartbeats(db: Path, stop: threading.Event, out: list[float]) -> None
         store.close()
 
 
+def jointtest_round(tmp: Path, port: int, replies: dict[str, Any], n: int) -> str:
+    """``examroom-site jointtest`` over ``n`` rooms answered by the responder: wall time, round trips."""
+    rooms = [f"jt{i:04d}" for i in range(1, n + 1)]
+    ready = threading.Event()
+    responder = threading.Thread(target=answer_commands, args=(port, rooms, replies, 120, ready), daemon=True)
+    responder.start()
+    ready.wait(10)
+    out = tmp / "jointtest"
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "examroom.site.cli", "--config", str(tmp / "site.toml"), "jointtest",
+                        "--rooms", ",".join(rooms), "--steps", "ping,selftest,snapshot", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    wall = time.monotonic() - t0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    p50s = sorted(r_["rtt_ms"]["p50"] for r_ in report["rooms"] if r_["rtt_ms"]["p50"] is not None)
+    passed = sum(1 for r_ in report["rooms"] if r_.get("passed"))
+    return (f"{n} rooms x ping(3),selftest,snapshot in {wall:.1f} s (exit {r.returncode}, {passed} passed); "
+            f"ping p50 per room: median {p50s[len(p50s) // 2]:.1f} ms, worst {p50s[-1]:.1f} ms")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rooms", type=int, default=1000)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--checkins-per-s", type=float, default=20)
     ap.add_argument("--processes", type=int, default=3)
+    ap.add_argument("--jointtest-rooms", type=int, default=100)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-site-"))
     broker = Broker(tmp / "broker", extra_conf=BROKER_CONF).start()
@@ -195,6 +222,7 @@ def main() -> int:
         print(f"  aggregator CPU         {(cpu1 - cpu0) / (t1 - t0) * 100:.1f} % of a core (steady window "
               f"{t1 - t0:.0f} s)")
         print(f"  board update           {board * 1000:.0f} ms (status alert published -> tile on the stream)")
+        print(f"  joint-test round       {jointtest_round(tmp, broker.port, templates['replies'], a.jointtest_rooms)}")
         site.terminate()
     finally:
         broker.kill()

@@ -65,3 +65,56 @@ def run_rooms(port: int, rooms: list[str], templates: dict[str, Any], heartbeat_
     client.disconnect()
     client.loop_stop()
     return sent + beats + checkins
+
+
+def answer_commands(port: int, rooms: list[str], replies: dict[str, dict[str, Any]], seconds: float,
+                    ready: Any = None, prefix: str = "exam/site01") -> int:
+    """Answer the site's commands for ``rooms`` as their agents would (the replies a real agent
+    gave, captured by bench_site.py), on the request's Response Topic with its Correlation
+    Data; returns how many it answered. What it measures is the site's side: pacing, matching,
+    the report, not the rooms' work."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    mine = set(rooms)
+    answered = 0
+    lock = threading.Lock()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=f"rooms-{uuid.uuid4().hex[:8]}")
+    client.max_inflight_messages_set(1000)
+    subscribed = threading.Event()
+
+    def on_connect(c: mqtt.Client, *_: Any) -> None:
+        c.subscribe([(f"{prefix}/+/cmd/+", 1)])
+
+    def on_message(c: mqtt.Client, _u: Any, m: mqtt.MQTTMessage) -> None:
+        nonlocal answered
+        parts = m.topic.split("/")  # {prefix}/{site}/{room}/cmd/{name}
+        room, name = parts[-3], parts[-1]
+        targets = sorted(mine) if room == "broadcast" else [room] if room in mine else []
+        request = json.loads(m.payload or b"{}")
+        for target in targets:
+            body = {"request_id": request.get("id"), "command": name, "ok": True, **replies.get(name, {})}
+            props = Properties(PacketTypes.PUBLISH)
+            correlation = getattr(m.properties, "CorrelationData", None)
+            if correlation is not None:
+                props.CorrelationData = correlation
+            topic = getattr(m.properties, "ResponseTopic", None)
+            if room == "broadcast" or not topic:
+                topic = f"{prefix}/{target}/reply/{name}"
+            c.publish(topic, json.dumps(body, ensure_ascii=False), qos=1, properties=props)
+            with lock:
+                answered += 1
+
+    client.on_connect = on_connect
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    if not subscribed.wait(10):
+        raise RuntimeError("command responder could not subscribe")
+    if ready is not None:
+        ready.set()
+    time.sleep(seconds)  # the rooms are there for as long as the round may take
+    client.disconnect()
+    client.loop_stop()
+    return answered

@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from examroom.agent.session_book import SessionBook
+from examroom.contract.vocabulary import AudioFeed, IncidentType
 
 CSS = """
 @page { size: A4; margin: 15mm 12mm; }
@@ -42,9 +43,10 @@ ul { margin: 1mm 0; padding-left: 6mm; }
 .sign span { display: inline-block; width: 50mm; border-bottom: 1px solid #000; margin-right: 8mm; }
 .foot { margin-top: 6mm; font-size: 8pt; color: #333; }
 """
-CAUSES = {"silence": "无声", "no_input": "无输入"}
-INCIDENT_NAMES = {"audio_loss": "统一音源中断", "clock_step": "时钟跳变", "trial_listening": "试听",
-                  "violation": "违规报告", "plan_check": "座次表核验"}
+CAUSES = {AudioFeed.SILENCE: "无声", AudioFeed.NO_INPUT: "无输入"}
+INCIDENT_NAMES = {IncidentType.AUDIO_LOSS: "统一音源中断", IncidentType.CLOCK_STEP: "时钟跳变",
+                  IncidentType.TRIAL_LISTENING: "试听", IncidentType.VIOLATION: "违规报告",
+                  IncidentType.PLAN_CHECK: "座次表核验"}
 
 
 class RecordCard:
@@ -171,17 +173,17 @@ class RecordCard:
         def field(key: str) -> str:
             return escape(str(inc.get(key, "")))
 
-        if kind == "audio_loss":
+        if kind == IncidentType.AUDIO_LOSS:
             cause = CAUSES.get(str(inc.get("cause")), field("cause"))
             return (f"{name} {at}–{self._clock(inc.get('end'))}（{inc.get('duration_s', '—')} 秒，"
                     f"设备 {field('device')}，{cause}）")
-        if kind == "clock_step":
+        if kind == IncidentType.CLOCK_STEP:
             return f"{name} {at}（{inc.get('stepped_s', 0):+.3f} 秒，时钟源 {field('source')}）"
-        if kind == "trial_listening":
+        if kind == IncidentType.TRIAL_LISTENING:
             problems = "、".join(escape(str(p)) for p in inc.get("problems") or [])
             return (f"{name}{'通过' if inc.get('pass') else '未通过'} {at}（{field('source')}）"
                     + (f"：{problems}" if problems else ""))
-        if kind == "violation":
+        if kind == IncidentType.VIOLATION:
             return f"{field('seat')}号座位违规（{field('code')}）已即时报告考务办公室 {at}"
         return f"{name} {at}（详见考场记录文件）"
 
