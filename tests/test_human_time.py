@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from examroom.agent import human_time
-from examroom.agent.cli_exam import checkin_text
+from examroom.agent.cli_verdicts import checkin_text
 
 NINE_AM_BEIJING = 1_780_794_000.0  # 2026-06-07T09:00:00+08:00 (01:00 UTC)
 

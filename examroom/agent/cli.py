@@ -20,9 +20,9 @@ import sys
 from typing import Any
 
 from examroom import __version__
+from examroom.agent.config import DEFAULT_CONFIG
 from examroom.agent.errors import ConfigError
 
-DEFAULT_CONFIG = "/etc/examroom/agent.toml"
 EXIT_ALREADY_RUNNING = 3
 EXIT_CODES = ("exit codes: 0 success; 1 check failed, agent unreachable, or run could not start "
               "(disk, port: may clear up); 2 usage or configuration error (the file, or a path "

@@ -14,49 +14,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from examroom.agent import human_time
-from examroom.contract.vocabulary import Verdict
-
-Human = Callable[[dict[str, Any]], tuple[str, int]]  # reply -> (text, exit code)
-
-REFUSED = {
-    Verdict.DUPLICATE: "already checked in (status {status}); this second admission is flagged",
-    Verdict.LATE_REFUSED: "late: entry closed at {cutoff}",
-    Verdict.OUTSIDE_WINDOW: "outside the entry window (phase {phase})",
-    Verdict.REENTRY_REFUSED: "the seat is closed (status {status}): no re-entry this session",
-}
-
-
-def _clock(ts: Any) -> str:
-    """A time a proctor compares with the wall clock: in the exam's zone, not the box's."""
-    return human_time.clock(ts)
-
-
-def checkin_text(d: dict[str, Any]) -> tuple[str, int]:
-    """One check-in verdict as the proctor needs it; exit 1 when nobody was admitted."""
-    verdict = d.get("verdict")
-    who = f"seat {d.get('seat')}, ticket {d.get('ticket')}, ID {d.get('id_masked')}"
-    at = _clock(d.get("time"))
-    by = (f"confirmed by {', '.join(d['proctors'])}" if d.get("proctors")
-          else f"by {d['proctor']}" if d.get("proctor") else f"by {d.get('device')}")
-    photo = d.get("snapshot")
-    tail = [f"photo requested ({photo['tag']})"] if isinstance(photo, dict) and photo.get("tag") else []
-    if verdict == Verdict.ADMITTED:
-        head = f"ADMITTED {who} at {at}, {by}" + (" (re-entry)" if d.get("reentry") else "")
-        if d.get("sweep_required"):
-            tail.insert(0, "next: metal-detector sweep (press clear when done)")
-        return "\n".join([head, *tail]), 0
-    if verdict == Verdict.SUSPECT:
-        reason = f": {d['reason']}" if d.get("reason") else ""
-        return "\n".join([f"SUSPECT (存疑) {who} at {at}, {by}{reason}", *tail,
-                          f"two different proctors must confirm: checkin confirm {d.get('seat')} "
-                          "--proctor NAME"]), 0
-    if verdict == Verdict.LEFT:
-        return f"LEFT {who} at {at}; coming back needs a new check-in and sweep", 0
-    why = REFUSED.get(str(verdict), "{verdict}").format(
-        cutoff=_clock(d.get("cutoff")), status=d.get("status"), phase=d.get("phase"), verdict=verdict)
-    return "\n".join([f"NOT ADMITTED {who} at {at}, {by}: {why}", *tail]), 1
-
+from examroom.agent import cli_handin_verify
+from examroom.agent.cli_verdicts import Human, _clock, checkin_text
 
 def confirm_text(d: dict[str, Any]) -> tuple[str, int]:
     if "verdict" in d:  # the second confirmation: the reply is the admission
@@ -186,7 +145,6 @@ def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callabl
             lambda a: {"seat": a.seat}, lambda sp: sp.add_argument("seat"))
     checkin("state", "check-in counts, phase and pending sweeps", "checkin_state", lambda a: {},
             lambda sp: None, state_text)
-    from examroom.agent import cli_handin_verify  # it renders admissions with checkin_text: imported late
 
     cli_handin_verify.add_commands(checkin)
 

@@ -12,7 +12,7 @@ import argparse
 from typing import Any, Callable
 
 from examroom.agent import human_time
-from examroom.agent.cli_exam import checkin_text
+from examroom.agent.cli_verdicts import checkin_text
 from examroom.contract.vocabulary import Verdict
 
 

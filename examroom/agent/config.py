@@ -23,6 +23,7 @@ from examroom.agent.errors import ConfigError, Problem
 from examroom.contract.topics import Topics
 from examroom.drivers.base import Option
 
+DEFAULT_CONFIG = "/etc/examroom/agent.toml"  # where install.sh puts it: the CLI's default
 TOPIC_SAFE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
 RESERVED_ROOM_IDS = {"broadcast"}
 SCHEMA_VERSION = 1

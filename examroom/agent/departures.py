@@ -16,20 +16,40 @@ so every decision still goes through one place (``CheckinStation.verdict``).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import threading
+from typing import Any, Callable, Protocol
 
 from examroom.agent.checkin_errors import CheckinError, HandInTooEarly
 from examroom.agent.human_time import clock as hhmmss
 from examroom.agent.schedule import Session
+from examroom.agent.seatplan import Candidate
+from examroom.agent.session_book import SessionBook
+from examroom.agent.sweeps import SweepLog
 from examroom.contract.vocabulary import (Lookup, Method, Phase, SeatStatus, SweepResult, Verdict,
                                           VerificationOutcome)
 
-if TYPE_CHECKING:
-    from examroom.agent.checkin import CheckinStation
+
+class Desk(Protocol):
+    """What of the check-in station these rules use (``CheckinStation`` is one)."""
+
+    lock: threading.RLock
+    clock: Callable[[], float]
+    book: SessionBook
+    sweeps: SweepLog
+    scrub: Callable[[str], str]
+
+    def verdict(self, verdict: Verdict, session: Session | None, now: float, method: Any, device: str,
+                cand: Candidate | None = None, **extra: Any) -> dict[str, Any]: ...
+
+    def signature(self, proctor: str) -> str: ...
+
+    def find(self, seat: Any = None, id_last6: str | None = None, ticket_tail: str | None = None) -> Candidate: ...
+
+    def open_session(self, now: float) -> tuple[Session, Phase]: ...
 
 
 class Departures:
-    def __init__(self, station: "CheckinStation", handin_not_before_end_min: float = 0.0) -> None:
+    def __init__(self, station: Desk, handin_not_before_end_min: float = 0.0) -> None:
         self._station = station
         self._handin_before_end_s = handin_not_before_end_min * 60
 

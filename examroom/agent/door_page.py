@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
+from examroom.agent.config import DEFAULT_CONFIG
 from examroom.contract.vocabulary import EventKind, Verdict
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,6 @@ def label(verdict: str) -> tuple[str, str, str]:
 
 def fallback_commands(config_file: str) -> list[dict[str, str]]:
     """What a proctor types on the box when the reader cannot help (examroom-agent checkin ...)."""
-    from examroom.agent.cli import DEFAULT_CONFIG
-
     c = "" if config_file in ("", DEFAULT_CONFIG) else f" -c {config_file}"
     cmd = "examroom-agent checkin "
     return [
