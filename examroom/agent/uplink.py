@@ -72,14 +72,18 @@ def make_client(cfg: dict[str, Any], topics: Topics) -> mqtt.Client:
     client.suppress_exceptions = True  # a raising callback must never kill the loop
     client.max_inflight_messages_set(cfg["inflight"])
     client.max_queued_messages_set(0)
+    use_credentials(client, cfg)
+    return client
+
+
+def use_credentials(client: mqtt.Client, cfg: dict[str, Any]) -> None:
+    """Username/password and TLS (the broker's certificate always verified) from an ``[mqtt]``
+    table: the room's uplink and the site's clients connect the same way."""
     if cfg["username"]:
         client.username_pw_set(cfg["username"], cfg["password"] or None)
     if cfg["tls_ca"] or cfg["tls_cert"]:
-        client.tls_set(ca_certs=cfg["tls_ca"] or None,
-                       certfile=cfg["tls_cert"] or None,
-                       keyfile=cfg["tls_key"] or None,
-                       cert_reqs=ssl.CERT_REQUIRED)
-    return client
+        client.tls_set(ca_certs=cfg["tls_ca"] or None, certfile=cfg["tls_cert"] or None,
+                       keyfile=cfg["tls_key"] or None, cert_reqs=ssl.CERT_REQUIRED)
 
 
 class Uplink:

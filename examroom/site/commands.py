@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from examroom.agent.uplink import use_credentials
 from examroom.contract.topics import BROADCAST, Topics
 from examroom.site.config import SiteConfig
 
@@ -110,11 +111,7 @@ class CommandClient:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                              client_id=f"examroom-site-cmd-{self._tag}")
         client.suppress_exceptions = True  # a bad payload must not end the network loop
-        if mq["username"]:
-            client.username_pw_set(mq["username"], mq["password"] or None)
-        if mq["tls_ca"] or mq["tls_cert"]:
-            client.tls_set(ca_certs=mq["tls_ca"] or None, certfile=mq["tls_cert"] or None,
-                           keyfile=mq["tls_key"] or None)
+        use_credentials(client, mq)
         client.reconnect_delay_set(0.2, 5)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe

@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from examroom.agent.uplink import Backoff
+from examroom.agent.uplink import Backoff, use_credentials
 from examroom.contract.topics import Topics
 from examroom.site.config import SiteConfig
 from examroom.site.ingest import Ingest
@@ -67,11 +67,7 @@ class Subscriber:
         mq = self.cfg.mqtt
         client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
                              client_id=self.cfg.client_id, manual_ack=True)
-        if mq["username"]:
-            client.username_pw_set(mq["username"], mq["password"] or None)
-        if mq["tls_ca"] or mq["tls_cert"]:
-            client.tls_set(ca_certs=mq["tls_ca"] or None, certfile=mq["tls_cert"] or None,
-                           keyfile=mq["tls_key"] or None)
+        use_credentials(client, mq)
         client.reconnect_delay_set(0.5, 10)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
