@@ -201,7 +201,9 @@ def artefacts(day: dict) -> tuple[dict[str, str], dict[str, str]]:
     names = [str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_relative_to(tmp / "broker")]
     out["file names"] = "\n".join(names)
     record = {f"record {p.name}": p.read_bytes().decode("utf-8-sig", "replace")
-              for p in room.record_dir.iterdir() if p.is_file()}
+              for p in room.record_dir.iterdir() if p.is_file() and p.suffix != ".html"}
+    # the printable record card goes on paper and leaves the room: no name on it, so it is scanned
+    out.update({f"card {p.name}": p.read_text(encoding="utf-8") for p in room.record_dir.glob("*.html")})
     return out, record
 
 
@@ -214,6 +216,7 @@ def test_the_scan_is_not_vacuous(exam_day):
     assert sum(k.startswith("mqtt ") for k in texts) > 50 and sum(k.startswith("spool ") for k in texts) > 10
     assert texts["journal"].count("\n") > 5
     assert sorted(record) == [f"record {room.session}-room101.csv", f"record {room.session}-room101.json"]
+    assert "考场记事卡" in texts[f"card {room.session}-room101.html"]
     assert any(cand.name in record[f"record {room.session}-room101.csv"] for cand in c.values())
     assert ev["snapshot"]["file"].endswith("_door-2.jpg")
     assert re.search(r"snapshots/\S+_door-2\.jpg", texts["file names"])
