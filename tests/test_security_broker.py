@@ -306,10 +306,10 @@ def may_write(identity: str, topic: str) -> bool:
             bool(re.fullmatch(rf"{re.escape(base)}/(event|reply)/.+", topic))
     m = re.fullmatch(rf"{re.escape(S)}/[^/]+/cmd/([^/]+)", topic)
     if identity == "aggregator":
-        return bool(m) and m.group(1) in ("ping", "status", "selftest", "exam_lock")
+        return bool(m) and m.group(1) in ("ping", "status", "selftest", "exam_lock", "time_check")
     if identity == "ops":
-        return bool(m) and m.group(1) in ("ping", "status", "selftest", "exam_lock", "note", "snapshot",
-                                          "audio_switch", "trial_listening", "push")
+        return bool(m) and m.group(1) in ("ping", "status", "selftest", "exam_lock", "time_check", "note", "snapshot",
+                                          "audio_switch", "trial_listening", "push", "seatplan_expect")
     raise AssertionError(identity)
 
 
