@@ -1,6 +1,7 @@
 """Entry check of one exam room: identity verdicts, metal-detector sweeps, attendance, record.
 
-Every decision is published through ``emit`` as evidence; published data never
+Every decision is published through ``emit`` as evidence (the replies are the data as
+published: times ISO 8601, ``contract/times.py``); published data never
 holds a candidate's name or full ID number (only ``id_masked``), and free text a
 proctor types (a suspect's reason, the proctor's own signature) is scrubbed of
 every full ID number and of every name in the seat plan, not only the
@@ -49,6 +50,7 @@ from examroom.agent.schedule import Schedule, Session
 from examroom.agent.seatplan import Candidate, SeatPlan
 from examroom.agent.session_book import SessionBook
 from examroom.agent.sweeps import SweepLog
+from examroom.contract.times import iso
 from examroom.contract.vocabulary import (CLOSED, OPEN_SUSPECTS, PRESENT, EventKind, Lookup, Method, Phase,
                                           SeatStatus, SweepResult, Verdict)
 from examroom.drivers.events import CardPresented
@@ -136,15 +138,15 @@ class CheckinStation:
             data["snapshot"] = {"pending": True, "tag": tag}
         if session is not None:
             self.book.observe(session)
-        event_id = self.book.publish(session.id if session else None, EventKind.CHECKIN, data)
+        published = self.book.publish(session.id if session else None, EventKind.CHECKIN, data)
         if snapshot is not None:
-            about = {"kind": EventKind.CHECKIN, "id": event_id, "session": data["session"], "seat": data["seat"],
-                     "verdict": verdict}
+            about = {"kind": EventKind.CHECKIN, "id": published.id, "session": data["session"],
+                     "seat": data["seat"], "verdict": verdict}
             try:
                 snapshot(tag, about)
             except Exception as e:  # the verdict is out: a camera problem costs the photo, not the door
                 log.warning("snapshot %s not requested: %s", tag, e)
-        return data
+        return published.data
 
     def _admit(self, cand: Candidate, session: Session | None, phase: Phase, now: float,
                method: Method, device: str, **extra: Any) -> dict[str, Any]:
@@ -284,12 +286,12 @@ class CheckinStation:
             data = {"session": session.id, "seat": cand.seat, "proctor": who, "time": now,
                     "confirmations": len(proctors), "required": REQUIRED_CONFIRMATIONS,
                     "passed": len(proctors) >= REQUIRED_CONFIRMATIONS, "by": by}
-            self.book.publish(session.id, EventKind.SUSPECT_CONFIRM, data)
+            published = self.book.publish(session.id, EventKind.SUSPECT_CONFIRM, data)
             if data["passed"]:  # a candidate doubted after being swept in the room is not swept again
                 return self.verdict(Verdict.ADMITTED, session, now, Method.MANUAL, "manual", cand, reentry=False,
                                      sweep_required=st.before_suspect != SeatStatus.ADMITTED,
                                      proctors=proctors, lookup=Lookup.SUSPECT_CONFIRM, by=by)
-            return data
+            return published.data
 
     def leave(self, seat: Any, by: str = "unknown") -> dict[str, Any]:
         """The candidate goes out; coming back is a new check (card or manual) and a new sweep."""
@@ -320,8 +322,8 @@ class CheckinStation:
                 "at_verification": [], "identity_refused": [], "handin_from": None,
                 "pending_sweep": [], "late_refused": [], "attendance_sent": False,
                 "record_written": False, "journal_skipped": self.book.journal_skipped}
-            if session is not None:
-                out["handin_from"] = self.departures.earliest_handin(session)
+            if session is not None:  # machine-facing (the heartbeat's exam): as the contract writes times
+                out["handin_from"] = iso(self.departures.earliest_handin(session), self.book.zone)
             if st is not None:
                 out.update(admitted=st.count(SeatStatus.ADMITTED), suspect=st.count(SeatStatus.SUSPECT),
                            out=st.count(SeatStatus.OUT), handed_in=st.count(SeatStatus.HANDED_IN),

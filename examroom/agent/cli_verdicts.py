@@ -20,7 +20,9 @@ REFUSED = {
 
 
 def _clock(ts: Any) -> str:
-    """A time a proctor compares with the wall clock: in the exam's zone, not the box's."""
+    """A time a proctor compares with the wall clock: in the exam's zone, not the box's. A reply
+    carries it as the contract writes it (ISO 8601 with offset; epoch seconds from an agent
+    older than contract version 2): either reads the same."""
     return human_time.clock(ts)
 
 

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+from zoneinfo import ZoneInfo
 
 from examroom import __version__
 from examroom.agent.alerts import room_state
@@ -71,6 +72,7 @@ class Agent:
         self.metrics_bridge = MetricsBridge(self.bus, self.metrics)
         self.photos = Photos(self.devices, self.emit, [dc.name for dc in config.devices if dc.kind == "camera"])
         ck = config.checkin
+        zone = ZoneInfo(config.procedure["timezone"])  # the offset of every time the room publishes
         self.plan_check = PlanCheck(plan, config.procedure["seatplan_sha256"], config.procedure["photo_dir"],
                                     self.spool, self.emit, clock, config.procedure["timezone"],
                                     record=lambda incident: self.room.note_incident(incident))
@@ -78,14 +80,15 @@ class Agent:
                          config.listening["auto_switch_backup"], self.bus, self.emit, clock, self.devices,
                          self.photos, roster=[p["id"] for p in config.proctors],
                          handin_not_before_end_min=config.procedure["handin_not_before_end_min"],
-                         gate=self.plan_check.refusal)
+                         gate=self.plan_check.refusal, zone=zone)
         self.pushes = Pushes(self.emit, self.room.scrub, [p["id"] for p in config.proctors], clock)
         self.procedure = Procedure(config, self.emit, clock, self.room.scrub, self._clock_device)
         self.commands = Commands(
             emit=self.emit, clock=clock, devices=self.devices, status=self.status, scrub=self.room.scrub,
             lock=ExamLock(config.schedule, clock, self.emit, self.room.scrub),
             station=lambda: self.room.station, photos=self.photos,
-            trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident),
+            trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident,
+                                zone),
             pushes=self.pushes, switch_by=self.room.switch_by,
             extra={**self.procedure.commands(), "seatplan_expect": self.plan_check.expect})
         self.retention = Retention(

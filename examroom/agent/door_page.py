@@ -28,6 +28,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from examroom.agent.config import DEFAULT_CONFIG
+from examroom.contract.times import epoch
 from examroom.contract.vocabulary import EventKind, Verdict
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,12 @@ class DoorPage:
             self._rows.appendleft(row)
 
     def _hhmmss(self, t: Any) -> str:
-        if not isinstance(t, (int, float)) or isinstance(t, bool):
+        """The check-in's time as the door reads it; the event's data is the published copy
+        (ISO 8601, ``contract/times.py``)."""
+        at = epoch(t)
+        if at is None:
             return ""
-        return datetime.fromtimestamp(t, self._zone).strftime("%H:%M:%S")
+        return datetime.fromtimestamp(at, self._zone).strftime("%H:%M:%S")
 
     def snapshot(self) -> dict[str, Any]:
         """The page's data (``GET /state``)."""

@@ -3,7 +3,9 @@ Asia/Shanghai), never the zone of the shell or the box. A box set to UTC printed
 in the CLI while its record said +08:00; a proctor compares these with the wall clock.
 
 The CLI loads the config and calls ``use_zone`` once; ``watch`` without a config keeps
-the default. Machine-facing times are ISO 8601 with offset and do not come through here.
+the default. Machine-facing times are ISO 8601 with offset and are written elsewhere
+(``contract/times.py``); they come through here only to be read: a reply's time is such a
+string, or epoch seconds from an older agent, and a proctor reads either the same way.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import time
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from examroom.contract.times import epoch
 
 DEFAULT_ZONE = "Asia/Shanghai"
 _zone = ZoneInfo(DEFAULT_ZONE)
@@ -22,17 +26,19 @@ def use_zone(name: str) -> None:
 
 
 def clock(ts: Any = None) -> str:
-    """Time of day, ``HH:MM:SS``, in the exam's zone; ``?`` for what is not a time."""
-    ts = time.time() if ts is None else ts
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+    """Time of day, ``HH:MM:SS``, in the exam's zone, from epoch seconds or an ISO 8601 string
+    with offset; ``?`` for what is not a time."""
+    t = time.time() if ts is None else epoch(ts)
+    if t is None:
         return "?"
-    return datetime.fromtimestamp(ts, _zone).strftime("%H:%M:%S")
+    return datetime.fromtimestamp(t, _zone).strftime("%H:%M:%S")
 
 
 def moment(ts: Any = None) -> str:
-    """Date and time with the zone's offset, for a line a person may keep: ``2026-06-07 09:00:00 +08:00``."""
-    ts = time.time() if ts is None else ts
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)):
+    """Date and time with the zone's offset, for a line a person may keep: ``2026-06-07 09:00:00 +08:00``
+    (from epoch seconds or an ISO 8601 string with offset)."""
+    t = time.time() if ts is None else epoch(ts)
+    if t is None:
         return "?"
-    d = datetime.fromtimestamp(ts, _zone)
+    d = datetime.fromtimestamp(t, _zone)
     return d.strftime("%Y-%m-%d %H:%M:%S ") + d.strftime("%z")[:3] + ":" + d.strftime("%z")[3:]

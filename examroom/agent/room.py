@@ -9,6 +9,7 @@ bus, ``emit``, the clock, the devices and the exam data, and wired by the daemon
 from __future__ import annotations
 
 import logging
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,8 +34,10 @@ class Room:
                  record_dir: str | Path, journal: str | Path, auto_switch_backup: bool,
                  bus: Bus, emit: Emit, clock: Callable[[], float], devices: Devices, photos: Photos,
                  roster: list[str] | None = None, handin_not_before_end_min: float = 0.0,
-                 gate: Callable[[], str | None] | None = None) -> None:
+                 gate: Callable[[], str | None] | None = None, zone: tzinfo | None = None) -> None:
+        """``zone``: the exam's (``[procedure] timezone``): the offset of the times the book publishes."""
         self._gate = gate  # why entry is shut (an unverified seat plan), None when open
+        self._zone = zone
         self._room_id = room_id
         self._schedule = schedule
         self._plan = plan
@@ -58,7 +61,8 @@ class Room:
         if self._schedule is not None or self._plan is not None:
             # a room without a seat plan still keeps a record of its sessions' incidents
             self.book = SessionBook(self._schedule or Schedule(()), self._plan or SeatPlan.empty(self._room_id),
-                                    self._emit, self._clock, self._record_dir, self.scrub, self._journal)
+                                    self._emit, self._clock, self._record_dir, self.scrub, self._journal,
+                                    zone=self._zone)
             self.book.start()
         if self._plan is not None:
             assert self.book is not None

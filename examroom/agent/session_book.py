@@ -9,6 +9,11 @@ Restart safety: each state change is appended to a JSON-lines journal (fsync)
 after it was emitted, and ``start()`` replays it. A crash between the two can at
 worst make a later action re-publish an event; it can never lose one.
 
+Times: the state and the journal keep epoch seconds (floats), as every journal
+ever written does; ``publish`` emits the contract's copy (``contract/times.py``:
+ISO 8601 in the exam's zone, ``"v": 2``), so a journal from before that change
+replays unchanged and the wire format is decided in one place.
+
 One lock (``lock``, re-entrant) orders everything that reads or changes the
 book; the station takes the same lock for its own decisions, so a verdict, its
 journal line and the attendance that counts it can never interleave.
@@ -19,13 +24,17 @@ import json
 import logging
 import os
 import threading
+from datetime import tzinfo
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
+from zoneinfo import ZoneInfo
 
 from examroom.agent import session_record as rec
 from examroom.agent.events import Event
+from examroom.agent.human_time import DEFAULT_ZONE
 from examroom.agent.schedule import Schedule, Session
 from examroom.agent.seatplan import SeatPlan
+from examroom.contract.times import to_wire
 from examroom.contract.vocabulary import EventKind, Incident, Phase
 
 log = logging.getLogger(__name__)
@@ -39,10 +48,20 @@ class IncidentError(ValueError):
     """An incident that cannot be kept (not JSON); the caller's request fails with the text."""
 
 
+class Published(NamedTuple):
+    """What ``publish`` sent: the event's id (None when not stored) and its data as published,
+    times as the contract writes them, for a reply that must say what the site was told."""
+
+    id: str | None
+    data: dict[str, Any]
+
+
 class SessionBook:
     def __init__(self, schedule: Schedule, plan: SeatPlan, emit: Emit, clock: Callable[[], float],
                  record_dir: str | Path, scrub: Callable[[str], str],
-                 journal_path: str | Path | None = None) -> None:
+                 journal_path: str | Path | None = None, zone: tzinfo | None = None) -> None:
+        """``zone``: the exam's (``[procedure] timezone``), the offset of every published time."""
+        self.zone = zone if zone is not None else ZoneInfo(DEFAULT_ZONE)
         self.schedule = schedule
         self.plan = plan
         self._emit = emit
@@ -112,12 +131,15 @@ class SessionBook:
                 os.fsync(f.fileno())
         self._apply(session_id, kind, data)
 
-    def publish(self, session_id: str | None, kind: EventKind, data: dict[str, Any]) -> str | None:
-        """Emit, then journal; returns the event's id so a later event can point at it."""
-        event = self._emit(kind, data)
+    def publish(self, session_id: str | None, kind: EventKind, data: dict[str, Any]) -> Published:
+        """Emit the contract's copy of ``data``, then journal ``data`` itself (floats, like every
+        journal line before it); returns the event's id, so a later event can point at it, and
+        the data as published."""
+        wire = to_wire(kind, data, self.zone)
+        event = self._emit(kind, wire)
         if session_id is not None:
             self.commit(session_id, kind, data)
-        return event.id if event is not None else None
+        return Published(event.id if event is not None else None, wire)
 
     def observe(self, session: Session) -> rec.SessionState:
         """The session's state, opened (and journalled) the first time the room sees it."""

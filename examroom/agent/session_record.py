@@ -3,7 +3,10 @@
 State is a fold over (kind, data) pairs so that the live path and a journal
 replay after a restart run the very same code: what was emitted is what is
 remembered. Kinds starting with "_" are journal-only (alarm counts, incidents,
-observation start); the others are the published events themselves.
+observation start); the others are the published events themselves, with their
+times as epoch seconds: the session book publishes the contract's copy (ISO 8601,
+``contract/times.py``) and journals these, so the record, the attendance and
+``published`` compute with floats and leave the wire format to the book.
 
 The record files are for the room record card (考场记事卡): the proctor prints
 them, so they carry names, but ID numbers stay masked even there. The published
@@ -27,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 from examroom.agent.schedule import Session
 from examroom.agent.seatplan import SeatPlan
+from examroom.contract.times import epoch
 from examroom.contract.vocabulary import (OPEN_SUSPECTS, PRESENT, AttendanceStatus, EventKind, Lookup, Method,
                                           SeatStatus, SweepResult, Verdict, VerificationOutcome)
 
@@ -253,18 +257,6 @@ def summary(state: SessionState, session: Session, plan: SeatPlan) -> dict[str, 
     }
 
 
-def _epoch(v: Any) -> float | None:
-    """Epoch seconds from a number or an ISO 8601 string (incidents carry either)."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return datetime.fromisoformat(v).timestamp()
-        except ValueError:
-            return None
-    return None
-
-
 # what an incident may show beyond its times; type-specific, absent when not given
 INCIDENT_FIELDS = ("device", "cause", "stepped_s", "synced", "offset_s", "source", "pass", "problems",
                    "mean_dbfs", "peak_dbfs", "silences", "silent_s", "clipping_s", "file",
@@ -275,12 +267,12 @@ INCIDENT_FIELDS = ("device", "cause", "stepped_s", "synced", "offset_s", "source
 def _public_incident(inc: dict[str, Any], scrub: Callable[[str], str]) -> dict[str, Any]:
     """type, start, end, duration_s; an incident given with only a time and no duration (a
     clock step) is an instant: end = start, 0 s."""
-    start = _epoch(inc.get("start", inc.get("time", inc["recorded_at"])))
+    start = epoch(inc.get("start", inc.get("time", inc["recorded_at"])))
     duration = inc.get("duration_s")
     if not isinstance(duration, (int, float)) or isinstance(duration, bool):
         duration = None
     if "end" in inc:
-        end = _epoch(inc["end"])
+        end = epoch(inc["end"])
     else:
         end = None if start is None else round(start + (duration or 0.0), 3)
     if duration is None and start is not None and end is not None:
@@ -329,7 +321,7 @@ def published(state: SessionState, session: Session, plan: SeatPlan,
                                 for s in state.sweeps if s.get("unassociated")],
         "incidents": [_public_incident(i, scrub) for i in state.incidents],
         "violations": [{**{k: v[k] for k in ("seat", "ticket", "code", "text", "by", "escalated")},
-                        "time": _epoch(v["time"]), **({"note": v["note"]} if "note" in v else {})}
+                        "time": epoch(v["time"]), **({"note": v["note"]} if "note" in v else {})}
                        for v in state.violations],
         **procedure(state),
     }

@@ -45,8 +45,7 @@ class SweepLog:
             self._book.observe(session)
         data = {"session": session.id if session else None, "seat": None, "unassociated": True,
                 "trigger": trigger, "device": device, "time": now}
-        self._book.publish(session.id if session else None, EventKind.SWEEP, data)
-        return data
+        return self._book.publish(session.id if session else None, EventKind.SWEEP, data).data
 
     def close(self, session: Session, p: rec.PendingSweep, now: float, device: str,
                      result: SweepResult | None = None) -> dict[str, Any]:
@@ -61,8 +60,7 @@ class SweepLog:
             "alarms": p.alarms, "rechecks": p.rechecks, "started": p.started, "cleared": now,
             "duration_s": round(now - p.started, 3), "medical_metal_exempt": exempt,
             "special_items": len(cand.special_items) if cand else 0, "result": result, "time": now}
-        self._book.publish(session.id, EventKind.SWEEP, data)
-        return data
+        return self._book.publish(session.id, EventKind.SWEEP, data).data
 
     def on_metal_alarm(self, ev: MetalAlarm) -> dict[str, Any] | None:
         """Counts rising edges only: a detector that repeats "active" is still one alarm."""

@@ -1,12 +1,19 @@
-"""Trial listening (试听) reports: the file a technician signs, the event, the record's line."""
+"""Trial listening (试听) reports: the file a technician signs, the event, the record's line.
+
+The audio monitor measures in epoch seconds; the file and the record's line keep them, the
+event and the command's reply (what leaves the box) carry the contract's copy: times ISO 8601
+in the exam's zone, ``"v": 2`` (``contract/times.py``).
+"""
 from __future__ import annotations
 
 import json
 import logging
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any, Callable
 
 from examroom.agent.events import iso_now
+from examroom.contract.times import to_wire
 from examroom.contract.vocabulary import EventKind, Incident, IncidentType
 
 log = logging.getLogger(__name__)
@@ -16,7 +23,9 @@ Emit = Callable[[str, dict[str, Any]], Any]
 
 class TrialReports:
     def __init__(self, record_dir: str | Path, room_id: str, emit: Emit, clock: Callable[[], float],
-                 record: Callable[[Incident], str | None]) -> None:
+                 record: Callable[[Incident], str | None], zone: tzinfo) -> None:
+        """``zone``: the exam's (``[procedure] timezone``), the offset of the published times."""
+        self._zone = zone
         self._dir = Path(record_dir)
         self._room = room_id
         self._emit = emit
@@ -29,13 +38,14 @@ class TrialReports:
         stamp = iso_now(self._clock()).replace(":", "")[:17]
         path = _create(self._dir, f"trial-listening-{self._room}-{stamp}",
                        json.dumps(report, ensure_ascii=False, indent=2))
-        self._emit(EventKind.TRIAL_LISTENING, {**report, "file": path.name})
+        wire = to_wire(EventKind.TRIAL_LISTENING, report, self._zone)
+        self._emit(EventKind.TRIAL_LISTENING, {**wire, "file": path.name})
         session = self._record(trial_summary(report, path.name))
         note = (f"kept with the record of session {session}" if session is not None else
                 "no session record is open (none scheduled, or the last one's record is already written)")
         if session is None:
             log.warning("trial listening %s is on no session record: %s", path.name, note)
-        return {**report, "file": str(path), "recorded_on": session, "record": note}
+        return {**wire, "file": str(path), "recorded_on": session, "record": note}
 
 
 def _create(directory: Path, stem: str, text: str) -> Path:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from examroom.contract.times import epoch
 from examroom.contract.vocabulary import EventKind
 from examroom.drivers.gb11643 import mask_ids_in_text
 from examroom.site.config import SiteConfig
@@ -38,7 +39,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     EventKind.ATTENDANCE: ("room", "total", "present", "absent", "late_refused", "suspects", "manual_admissions",
                            "pending_sweep", "complete", "cutoff", "time", "seatplan_sha256", "seq", "id"),
 }
-EPOCH_FIELDS = ("time", "started", "cleared", "cutoff")
+TIME_FIELDS = ("time", "started", "cleared", "cutoff")  # rendered in the site's zone, whichever version sent them
 
 
 def _masked(value: Any) -> Any:
@@ -57,10 +58,11 @@ class Export:
         self.zone = zone
 
     def _when(self, v: Any) -> Any:
-        """Epoch seconds as ISO 8601 in the exam's zone (the rooms' floats are machine time)."""
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return datetime.fromtimestamp(v, self.zone).isoformat(timespec="seconds")
-        return v
+        """A room's time as ISO 8601 in the exam's zone, to the second: an ISO string of contract
+        version 2 and the epoch seconds of version 1 (events from boxes not yet upgraded, or
+        held from before) read alike, so one export never mixes the two."""
+        t = epoch(v)
+        return datetime.fromtimestamp(t, self.zone).isoformat(timespec="seconds") if t is not None else v
 
     def rows(self, exam: str, kind: str, rooms: list[str] | None) -> list[dict[str, Any]]:
         out = []
@@ -69,7 +71,7 @@ class Export:
                 continue
             data = ev.get("data") or {}
             row = {"room": ev["room"], "seq": ev.get("seq"), "id": ev.get("id")}
-            row |= {k: self._when(data.get(k)) if k in EPOCH_FIELDS else data.get(k)
+            row |= {k: self._when(data.get(k)) if k in TIME_FIELDS else data.get(k)
                     for k in TABLES[kind] if k not in row}
             out.append(_masked(row))
         return out
