@@ -4,6 +4,7 @@ checked against the docs' schema and scanned for names and full ID numbers."""
 import json
 import re
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import jsonschema  # a dev dependency: a schema check silently skipped is no check
 import pytest
@@ -36,6 +37,12 @@ TZ = "+08:00"
 
 def ts(s: str) -> float:
     return datetime.fromisoformat(s + TZ).timestamp()
+
+
+def iso(t: float) -> str:
+    """A time as the room publishes it (contract version 2): ISO 8601 in the default exam
+    zone, Asia/Shanghai, to the millisecond. Written here, not borrowed from the code under test."""
+    return datetime.fromtimestamp(t, ZoneInfo("Asia/Shanghai")).isoformat(timespec="milliseconds")
 
 
 MATH_START, MATH_CUTOFF, MATH_END = ts("2026-06-07T09:00:00"), ts("2026-06-07T09:15:00"), ts("2026-06-07T11:00:00")
@@ -80,12 +87,13 @@ def doc_schemas() -> dict[str, dict]:
 @pytest.fixture
 def emitted():
     """Every payload of every test is scanned: no full ID number, no candidate name, ever;
-    and each must match the schema of its kind in the docs."""
+    and each must match the schema of its kind in the docs, date-time formats checked."""
     schemas = doc_schemas()
     out: list[tuple[str, dict]] = []
     yield out
     for kind, data in out:
-        jsonschema.validate(data, schemas[kind], cls=jsonschema.Draft202012Validator)
+        jsonschema.validate(data, schemas[kind], cls=jsonschema.Draft202012Validator,
+                            format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
         text = json.dumps(data, ensure_ascii=False)
         assert not FULL_ID.search(text), (kind, text)
         for name in NAMES.values():

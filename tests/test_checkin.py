@@ -8,7 +8,8 @@ from examroom.agent.schedule import parse_sessions
 from examroom.drivers.events import CardPresented, MetalAlarm, SweepButton
 from examroom.drivers.gb11643 import mask_id
 
-from tests.checkin_station import ENG_START, ID, MATH_CUTOFF, OUTSIDER, UID1, card, doc_schemas, kinds, station, ts
+from tests.checkin_station import (ENG_START, ID, MATH_CUTOFF, OUTSIDER, UID1, card, doc_schemas, iso, kinds, station,
+                                   ts)
 
 
 def test_doc_schemas_are_valid():
@@ -24,7 +25,7 @@ def test_admitted_by_card_and_by_uid(make, emitted, plan):
     d = st.on_card(card(3))
     assert d["verdict"] == "admitted" and d["seat"] == "3" and d["method"] == "card"
     assert d["session"] == "math-am" and d["id_masked"] == mask_id(ID[3]) and d["ticket"] == "20260003"
-    assert d["device"] == "idreader" and d["time"] == ts("2026-06-07T08:40:00")
+    assert d["device"] == "idreader" and d["time"] == "2026-06-07T08:40:00.000+08:00"
     assert d["seatplan_sha256"] == plan.sha256 and d["reentry"] is False
     assert d["snapshot"] == {"pending": True, "tag": "admitted-math-am-3"}
     u = st.on_card(CardPresented("pcsc0", uid=UID1))
@@ -95,7 +96,7 @@ def test_late_refused_after_cutoff_and_in_attendance(make, clock, emitted):
     assert st.on_card(card(1))["verdict"] == "admitted"  # in progress, still allowed
     clock.t = MATH_CUTOFF
     d = st.on_card(card(2))
-    assert d["verdict"] == "late_refused" and d["cutoff"] == MATH_CUTOFF
+    assert d["verdict"] == "late_refused" and d["cutoff"] == iso(MATH_CUTOFF) == "2026-06-07T09:15:00.000+08:00"
     assert st.manual_admit(seat=3, proctor="P1")["verdict"] == "late_refused"
     st.book.tick(MATH_CUTOFF)
     (att,) = kinds(emitted, "attendance")
@@ -129,7 +130,7 @@ def test_sweep_clear_recheck_and_medical(make, clock, emitted):
     s = st.sweeps.on_sweep_button(SweepButton("det", button="clear"))
     assert (s["alarms"], s["rechecks"], s["result"], s["medical_metal_exempt"]) == \
         (1, 1, "alarm_cleared_after_recheck", False)
-    assert s["started"] == clock.t - 30 and s["cleared"] == clock.t
+    assert s["started"] == iso(clock.t - 30) and s["cleared"] == iso(clock.t)
     st.on_card(card(2))  # registered implant
     st.sweeps.on_metal_alarm(MetalAlarm("det", active=True))
     s = st.sweeps.on_sweep_button(SweepButton("det", button="clear"))

@@ -24,7 +24,7 @@ from examroom.agent.privacy import Scrubber
 from examroom.agent.session_book import SessionBook
 from examroom.drivers.events import CardPresented, SweepButton
 from tests.agentproc import AgentProcess
-from tests.checkin_station import MATH_CUTOFF, MATH_END, MATH_START, NAMES, UID1, card, kinds, ts
+from tests.checkin_station import MATH_CUTOFF, MATH_END, MATH_START, NAMES, UID1, card, iso, kinds, ts
 from tests.mqttwatch import Watcher
 from tests.room_config import Door, Room, room_config, settled, wait_kind
 from tests.schemas import validator
@@ -53,8 +53,10 @@ def province(plan, schedule, emitted, clock, tmp_path):
     return build
 
 
-def hhmmss(t: float) -> str:
-    return datetime.fromtimestamp(t, EXAM_ZONE).strftime("%H:%M:%S")
+def hhmmss(t: float | str) -> str:
+    """As a proctor reads a time: epoch seconds, or an event's ISO 8601 time, in the exam's zone."""
+    at = datetime.fromisoformat(t).astimezone(EXAM_ZONE) if isinstance(t, str) else datetime.fromtimestamp(t, EXAM_ZONE)
+    return at.strftime("%H:%M:%S")
 
 
 # -- the rules ----------------------------------------------------------------------------------
@@ -67,7 +69,7 @@ def test_no_handin_before_the_end_signal_by_default(province, clock, emitted):
         st.departures.hand_in(1, "P1")
     assert f"no hand-in before {hhmmss(MATH_END)}" in str(e.value) and "11:00:00" in str(e.value)
     assert [d["verdict"] for d in kinds(emitted, "checkin")] == ["admitted"]  # a refusal publishes nothing
-    assert st.state()["admitted"] == 1 and st.state()["handin_from"] == MATH_END
+    assert st.state()["admitted"] == 1 and st.state()["handin_from"] == "2026-06-07T11:00:00.000+08:00"
     clock.t = MATH_END  # the end signal: everyone hands in and the record closes; nothing to record by hand
     with pytest.raises(CheckinError, match="no exam session is running"):
         st.departures.hand_in(1, "P1")
@@ -83,7 +85,8 @@ def test_last_30_minutes_when_the_province_allows_it(province, clock, emitted):
     clock.t = MATH_END - 30 * 60
     d = st.departures.hand_in("01", "P1", by="proctor")
     assert d == {**d, "verdict": "handed_in", "seat": "1", "method": "manual", "device": "manual", "proctor": "P1",
-                 "earliest_handin": MATH_END - 1800, "forced": False, "time": clock.t, "by": "proctor"}
+                 "earliest_handin": "2026-06-07T10:30:00.000+08:00", "forced": False,
+                 "time": iso(clock.t), "by": "proctor"}
     assert "reason" not in d and "snapshot" not in d and province.snaps == ["admitted-math-am-1"]  # gone: no photo
     s = st.state()
     assert (s["handed_in"], s["admitted"], s["present"], s["absent"]) == (1, 0, 1, 4)
@@ -100,7 +103,7 @@ def test_a_forced_hand_in_is_on_record_with_its_reason(province, clock, emitted)
     with pytest.raises(CheckinError, match="reason"):
         st.departures.hand_in(2, "P1", force=True, reason="  ")
     d = st.departures.hand_in(2, "P1", force=True, reason=f"{NAMES[2]} fainted")
-    assert (d["forced"], d["reason"], d["earliest_handin"]) == (True, "*** fainted", MATH_END)
+    assert (d["forced"], d["reason"], d["earliest_handin"]) == (True, "*** fainted", iso(MATH_END))
     (sweep,) = kinds(emitted, "sweep")
     assert (sweep["seat"], sweep["result"]) == ("2", "left_before_clear")
 
@@ -257,7 +260,9 @@ def test_hand_in_and_reentry_through_the_cli(start_desk):
     assert done.returncode == 0, done.stderr
     ev = desk.event("checkin", lambda d: d["verdict"] == "handed_in")
     assert (ev["seat"], ev["forced"], ev["reason"]) == ("5", True, "fainted, to the site doctor")
-    assert ev["earliest_handin"] == pytest.approx(earliest, abs=0.001)  # the config keeps milliseconds
+    handin_from = datetime.fromisoformat(ev["earliest_handin"])  # the config keeps milliseconds
+    assert handin_from.utcoffset().total_seconds() == 8 * 3600
+    assert handin_from.timestamp() == pytest.approx(earliest, abs=0.001)
     who = f"seat 5, ticket {c['5'].ticket}, ID {c['5'].id_masked}"
     assert done.stdout.splitlines() == [
         f"HANDED IN {who} at {hhmmss(ev['time'])}, by P1",

@@ -13,7 +13,7 @@ from examroom.drivers.events import CardPresented, ClockState, MetalAlarm, Sweep
 from examroom.drivers.gb11643 import mask_id
 
 from tests.checkin_station import (ENG_START, FULL_ID, ID, MATH_CUTOFF, MATH_END, MATH_START, NAMES, OUTSIDER,
-                                   UID1, card, kinds, station, ts)
+                                   UID1, card, iso, kinds, station, ts)
 
 
 def read_record(tmp_path, session="math-am"):
@@ -42,8 +42,8 @@ def test_unassociated_sweeps_before_the_first_checkin_are_on_the_record(make, em
     (rec,) = kinds(emitted, "session_record")
     assert rec["sweeps"]["unassociated"] == 2 and rec["sweeps"]["closed"] == 1
     assert rec["unassociated_sweeps"] == [
-        {"trigger": "alarm", "device": "det", "time": ts("2026-06-07T08:30:00")},
-        {"trigger": "clear", "device": "det", "time": ts("2026-06-07T08:30:03")}]
+        {"trigger": "alarm", "device": "det", "time": "2026-06-07T08:30:00.000+08:00"},
+        {"trigger": "clear", "device": "det", "time": "2026-06-07T08:30:03.000+08:00"}]
     doc, rows = read_record(tmp_path)
     assert doc["summary"]["sweeps"]["unassociated"] == 2
     assert [s["trigger"] for s in doc["sweeps"] if s["unassociated"]] == ["alarm", "clear"]
@@ -211,8 +211,9 @@ def test_session_record_files(make, clock, emitted, tmp_path):
     st.book.tick(MATH_END + 5)
     (rec,) = kinds(emitted, "session_record")
     assert rec["present"] == 2 and rec["absent"] == ["3", "4", "5"]
-    assert rec["incidents"] == [{"type": "audio_loss", "start": MATH_START + 30, "end": MATH_START + 34.5,
-                                 "duration_s": 4.5, "recorded_at": MATH_START + 60}]
+    assert rec["incidents"] == [{"type": "audio_loss", "start": "2026-06-07T09:00:30.000+08:00",
+                                 "end": "2026-06-07T09:00:34.500+08:00", "duration_s": 4.5,
+                                 "recorded_at": "2026-06-07T09:01:00.000+08:00"}]
     assert rec["sweeps"]["not_cleared"] == 1 and rec["sweeps"]["with_alarm"] == 1
     assert kinds(emitted, "sweep")[-1]["result"] == "not_cleared"
     assert [f["file"] for f in rec["files"]] == ["math-am-12.json", "math-am-12.csv"]
@@ -258,21 +259,23 @@ def test_published_record_has_every_seat_without_names_or_full_ids(make, clock, 
     seats = {r["seat"]: r for r in rec["seats"]}
     assert list(seats) == ["1", "2", "3", "4", "5"]
     assert seats["1"] == {"seat": "1", "ticket": "20260001", "id_masked": mask_id(ID[1]), "status": "present",
-                        "admitted_at": t0, "method": "card", "reentries": 0, "rechecks": 1,
-                        "suspect_confirmed_by": [],
-                             "checkins": [{"verdict": "admitted", "time": t0, "method": "card"},
-                                     {"verdict": "duplicate", "time": t0 + 20, "method": "card"}],
+                        "admitted_at": "2026-06-07T08:40:00.000+08:00", "method": "card", "reentries": 0,
+                        "rechecks": 1, "suspect_confirmed_by": [],
+                        "checkins": [{"verdict": "admitted", "time": "2026-06-07T08:40:00.000+08:00", "method": "card"},
+                                     {"verdict": "duplicate", "time": "2026-06-07T08:40:20.000+08:00",
+                                      "method": "card"}],
                         "sweeps": [{"result": "alarm_cleared_after_recheck", "alarms": 1, "rechecks": 1,
-                                    "started": t0, "cleared": t0 + 20, "medical_metal_exempt": False}]}
+                                    "started": "2026-06-07T08:40:00.000+08:00",
+                                    "cleared": "2026-06-07T08:40:20.000+08:00", "medical_metal_exempt": False}]}
     verdicts = {seat: [c["verdict"] for c in row["checkins"]] for seat, row in seats.items()}
     assert verdicts == {"1": ["admitted", "duplicate"], "2": ["admitted", "left"], "3": ["suspect", "admitted"],
                         "4": ["late_refused"], "5": []}
     assert seats["2"]["method"] == "manual" and seats["2"]["sweeps"][0]["result"] == "left_before_clear"
-    assert seats["3"]["suspect_confirmed_by"] == ["P1", "P2"] and seats["3"]["admitted_at"] == t0 + 40
+    assert seats["3"]["suspect_confirmed_by"] == ["P1", "P2"] and seats["3"]["admitted_at"] == iso(t0 + 40)
     assert seats["3"]["sweeps"][0]["result"] == "not_cleared"  # admitted at t0+40, never swept
     assert (seats["4"]["status"], seats["4"]["admitted_at"], seats["4"]["method"]) == ("absent", None, None)
-    assert seats["4"]["checkins"][0]["time"] == MATH_CUTOFF + 60 and seats["5"]["sweeps"] == []
-    assert rec["unmatched_checkins"] == [{"verdict": "not_in_room", "time": t0 + 30, "method": "card",
+    assert seats["4"]["checkins"][0]["time"] == "2026-06-07T09:16:00.000+08:00" and seats["5"]["sweeps"] == []
+    assert rec["unmatched_checkins"] == [{"verdict": "not_in_room", "time": iso(t0 + 30), "method": "card",
                                           "device": "idreader", "id_masked": mask_id(OUTSIDER)}]
     text = json.dumps(rec, ensure_ascii=False)  # the scan is not vacuous: the masked numbers are there
     assert all(mask_id(ID[n]) in text for n in NAMES) and mask_id(OUTSIDER) in text
@@ -372,8 +375,8 @@ def test_clock_step_goes_only_on_a_session_open_at_the_step(make, clock, emitted
     assert [c["stepped_s"] for c in clocks] == [5.0, -3.0, -20.0, None, 2.0]  # every step is published
     (rec,) = kinds(emitted, "session_record")
     steps = [(i["type"], i["stepped_s"], i["start"], i["end"], i["duration_s"]) for i in rec["incidents"]]
-    assert steps == [("clock_step", -3.0, ts("2026-06-07T08:40:00"), ts("2026-06-07T08:40:00"), 0.0),
-                     ("clock_step", -20.0, ts("2026-06-07T08:29:50"), ts("2026-06-07T08:29:50"), 0.0)]
+    assert steps == [("clock_step", -3.0, "2026-06-07T08:40:00.000+08:00", "2026-06-07T08:40:00.000+08:00", 0.0),
+                     ("clock_step", -20.0, "2026-06-07T08:29:50.000+08:00", "2026-06-07T08:29:50.000+08:00", 0.0)]
     assert all(i["source"] == "chrony:ntp1" and i["device"] == "clock" for i in rec["incidents"])
     st.book.tick(ts("2026-06-08T17:00:00"))  # nor on tomorrow's record, which the old rule picked
     assert [r["incidents"] for r in kinds(emitted, "session_record") if r["session"] == "eng-pm"] == [[]]

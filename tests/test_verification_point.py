@@ -56,7 +56,7 @@ def test_confirmed_at_the_point_admits_and_closes_the_suspect(make, clock, emitt
     (rec,) = kinds(emitted, "session_record")
     assert (rec["verified"], rec["suspects"], rec["identity_refused"]) == (["3"], [], [])
     row = next(r for r in rec["seats"] if r["seat"] == "3")
-    assert row["status"] == "present" and row["admitted_at"] == clock.t
+    assert row["status"] == "present" and row["admitted_at"] == "2026-06-07T08:51:00.000+08:00"
     assert [c["verdict"] for c in row["checkins"]] == ["suspect", "sent_to_verification", "duplicate", "admitted"]
     doc = json.loads((tmp_path / "records" / "math-am-12.json").read_text(encoding="utf-8"))
     (trip,) = next(c for c in doc["candidates"] if c["seat"] == "3")["verifications"]
