@@ -14,7 +14,7 @@ import hashlib
 import json
 import subprocess
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -87,9 +87,12 @@ def desk(make_desk) -> Desk:
     return make_desk(entry_in=-1, start_in=600, cutoff_after=600, end_after=1200)
 
 
-def hhmmss(ts: float) -> str:
-    """What a proctor reads: the exam's zone (the default, Asia/Shanghai), not this machine's."""
-    return datetime.fromtimestamp(ts, ZoneInfo("Asia/Shanghai")).strftime("%H:%M:%S")
+def hhmmss(at: str) -> str:
+    """What a proctor reads of an event's time (ISO 8601 with the exam zone's offset, +08:00 by
+    default, which it must carry): the exam's zone (Asia/Shanghai), not this machine's."""
+    t = datetime.fromisoformat(at)
+    assert t.utcoffset() == timedelta(hours=8), at
+    return t.astimezone(ZoneInfo("Asia/Shanghai")).strftime("%H:%M:%S")
 
 
 def who(c: Candidate) -> str:
@@ -156,7 +159,7 @@ def test_late_and_early_admissions_are_refused_with_the_reason(make_desk) -> Non
     refused = late.cli("checkin", "admit", "--seat", "12", "--proctor", "proctor-A")
     ev = late.event_after(mark, "checkin", lambda d: d["seat"] == "12")
     assert (ev["verdict"], ev["method"]) == ("late_refused", "manual") and refused.returncode == 1
-    assert abs(ev["cutoff"] - late.room.times["cutoff"]) < 0.01
+    assert abs(datetime.fromisoformat(ev["cutoff"]).timestamp() - late.room.times["cutoff"]) < 0.01
     assert refused.stdout.splitlines()[0] == (f"NOT ADMITTED {who(c)} at {hhmmss(ev['time'])}, by proctor-A: "
                                               f"late: entry closed at {hhmmss(ev['cutoff'])}")
     late.agent.kill()

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -373,7 +374,8 @@ def test_sim_card_routes_by_what_the_word_is_not_its_length(sockdir: Path, sim_d
     commands = Commands(emit=lambda k, d: None, clock=time.time, devices=sim_devices, status=dict, scrub=str,
                         lock=ExamLock(None, time.time, lambda k, d: None, str), station=lambda: None,
                         photos=Photos(sim_devices, lambda k, d: None, []),
-                        trials=TrialReports(sockdir, "room101", lambda k, d: None, time.time, lambda i: None),
+                        trials=TrialReports(sockdir, "room101", lambda k, d: None, time.time, lambda i: None,
+                                            ZoneInfo("Asia/Shanghai")),
                         extra={n: lambda a: {} for n in WHERE if n != "sim"})  # only sim is under test
     srv = ControlServer(str(sockdir / "agent.sock"), commands.table)
     srv.start()

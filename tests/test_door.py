@@ -220,7 +220,7 @@ page_listen = "127.0.0.1:{port}"
         c = load_candidates(room.seatplan)
         admitted = agent.call("checkin_admit", id_last6=c["7"].id_number[-6:], proctor="P1")
         assert admitted["verdict"] == "admitted"
-        shown = datetime.fromtimestamp(admitted["time"], ZoneInfo("Asia/Shanghai")).strftime("%H:%M:%S")
+        shown = datetime.fromisoformat(admitted["time"]).astimezone(ZoneInfo("Asia/Shanghai")).strftime("%H:%M:%S")
         start = time.monotonic()
         wait_page(chromium, lambda src: 'data-seat="7"' in src and "准许入场" in src, timeout=2.0)
         assert time.monotonic() - start < 2.0

@@ -31,6 +31,26 @@ def test_the_cli_prints_exam_time_not_the_machines(monkeypatch):
         time.tzset()
 
 
+def test_a_reply_time_reads_alike_in_either_contract_version(monkeypatch):
+    """A reply carries ISO 8601 with offset (contract version 2) or, from an older agent, epoch
+    seconds: the proctor reads the same exam-zone time; a time without an offset is no time."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        for at in (NINE_AM_BEIJING, "2026-06-07T09:00:00.000+08:00", "2026-06-07T01:00:00+00:00"):
+            assert human_time.clock(at) == "09:00:00", at
+            assert human_time.moment(at) == "2026-06-07 09:00:00 +08:00", at
+        text, code = checkin_text({"verdict": "late_refused", "seat": "3", "ticket": "1", "id_masked": "x",
+                                   "time": "2026-06-07T09:16:00.250+08:00", "cutoff": "2026-06-07T09:15:00.000+08:00",
+                                   "device": "idreader"})
+        assert (text, code) == ("NOT ADMITTED seat 3, ticket 1, ID x at 09:16:00, by idreader: "
+                                "late: entry closed at 09:15:00", 1)
+        assert [human_time.clock(x) for x in ("2026-06-07T09:00:00", "soon", True)] == ["?", "?", "?"]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 def test_watch_stamps_lines_in_the_exam_zone_on_a_utc_shell(tmp_path: Path):
     """``watch`` prints each line with the time it arrived: the exam's, not the shell's."""
     from devkit.localbroker import Broker
