@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,14 @@ def _entry(door: Door, room: Room, out: dict) -> None:
                                timeout=room.times["end"] - time.time() + 5)[0]["data"]
 
 
+def instant(at: str) -> float:
+    """An event's time (contract version 2: ISO 8601 with the exam zone's offset, +08:00 by
+    default) as epoch seconds, to compare with the room's timeline."""
+    t = datetime.fromisoformat(at)
+    assert t.utcoffset() == timedelta(hours=8), at
+    return t.timestamp()
+
+
 def photo_of(checkin_run: dict, data: dict) -> dict:
     """The check-in's follow-up ``snapshot`` event, joined as an aggregator does: by ``for.id``
     = the ``checkin`` envelope's id. Asserts what holds for every photo of the run."""
@@ -161,10 +170,10 @@ def test_checkin_run(checkin_run):
     assert att["absent"] == absent and att["late_refused"] == [] and att["suspects"] == []
     # seat 9 (id_last6) and seat 10's admission signed by two proctors both count as manual
     assert att["pending_sweep"] == [] and att["complete"] is True and att["manual_admissions"] == 2
-    assert att["cutoff"] == pytest.approx(room.times["cutoff"], abs=0.01)
+    assert instant(att["cutoff"]) == pytest.approx(room.times["cutoff"], abs=0.01)
     late = ck["12-late"]
     assert (late["verdict"], late["seat"]) == ("late_refused", "12")
-    assert late["cutoff"] == att["cutoff"] and late["time"] >= late["cutoff"]
+    assert late["cutoff"] == att["cutoff"] and instant(late["time"]) >= instant(late["cutoff"])
 
     r = checkin_run["record"]
     assert (r["session"], r["room"], r["total"], r["present"], r["complete"]) == (room.session, "room101", 30, 7, True)

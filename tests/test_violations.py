@@ -71,8 +71,8 @@ def test_a_violation_is_recorded_and_on_the_session_record(make, clock, emitted,
     st.book.tick(MATH_END)
     (rec,) = kinds(emitted, "session_record")
     assert rec["violations"] == [{"seat": "3", "ticket": "20260003", "code": "W04", "text": d["text"],
-                                  "note": d["note"], "by": "P01", "time": ts("2026-06-07T09:40:12"),
-                                  "escalated": False}]
+                                  "note": d["note"], "by": "P01", "time": "2026-06-07T09:40:12.000+08:00",
+                                  "escalated": False}]  # as the violation event said it
     seats = {s["seat"]: s for s in rec["seats"]}
     assert seats["3"]["violations"] == ["W04"] and "violations" not in seats["1"]  # absent when none
     doc = json.loads((tmp_path / "records" / "math-am-12.json").read_text(encoding="utf-8"))
@@ -149,7 +149,7 @@ def test_escalation_raises_an_incident_and_an_alert_until_the_session_ends(make,
     (rec,) = kinds(emitted, "session_record")
     (inc,) = [i for i in rec["incidents"] if i["type"] == "violation"]
     assert (inc["seat"], inc["code"], inc["start"], inc["duration_s"]) == (
-        "5", "Z04", ts("2026-06-07T09:40:12.250"), 0.0)
+        "5", "Z04", "2026-06-07T09:40:12.250+08:00", 0.0)
     assert rec["violations"][0]["escalated"] is True
 
 
