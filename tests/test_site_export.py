@@ -50,7 +50,7 @@ def test_export_writes_each_table_masked_with_a_crosscheck_and_a_manifest(make, 
     rows = list(csv.DictReader((out / "math-am/checkin.csv").open(encoding="utf-8")))
     assert [r["verdict"] for r in rows] == ["admitted", "admitted", "duplicate"]
     assert rows[0]["room"] == "room12" and rows[0]["id_masked"].startswith("410105") and "*" in rows[0]["id_masked"]
-    assert rows[0]["time"].endswith("+08:00")  # a person reads it: the exam's zone, with its offset
+    assert rows[0]["time"] == "2026-06-07T08:40:00+08:00"  # a person reads it: the exam's zone, with its offset
     sweeps = json.loads((out / "math-am/sweep.json").read_text(encoding="utf-8"))
     assert {s["seat"] for s in sweeps} >= {"1"} and sweeps[0]["room"] == "room12"
     check = json.loads((out / "math-am/crosscheck.json").read_text(encoding="utf-8"))
@@ -72,3 +72,26 @@ def test_a_record_that_disagrees_with_the_events_held_fails_the_crosscheck(make,
     ingest_all(tmp_path / "site.db", emitted)
     assert main(["--config", str(cfg), "export", "--out", str(tmp_path / "x")]) == 1
     assert "the record counts 3 check-ins, the site holds 2" in capsys.readouterr().out
+
+
+def test_version_1_events_export_as_version_2_do(make, clock, emitted, tmp_path: Path):
+    """A site still holding version-1 events (their times epoch seconds: a box not yet upgraded)
+    exports the same tables: what the journal keeps is exactly what version 1 published."""
+    publish_session(make, clock, emitted)
+    journal = [json.loads(line) for line in (tmp_path / "checkin.journal").read_text(encoding="utf-8").splitlines()]
+    v1 = [(e["kind"], e["data"]) for e in journal if not e["kind"].startswith("_")]
+    assert [k for k, _ in v1] == [str(k) for k, _ in emitted] and all("v" not in d for _, d in v1)
+    assert isinstance(v1[0][1]["time"], float)
+    tables = {}
+    for name, events in (("v1", v1), ("v2", emitted)):
+        (tmp_path / name).mkdir()
+        cfg = site_toml(tmp_path / name, 1883)
+        ingest_all(tmp_path / name / "site.db", events)  # no version-1 event is flagged invalid
+        out = tmp_path / name / "export"
+        assert main(["--config", str(cfg), "export", "--out", str(out)]) == 0
+        tables[name] = {kind: [{k: v for k, v in row.items() if k != "id"}  # the envelopes' ids differ
+                               for row in csv.DictReader((out / f"math-am/{kind}.csv").open(encoding="utf-8"))]
+                        for kind in ("checkin", "sweep", "attendance")}
+    assert tables["v1"] == tables["v2"]
+    assert [r["time"] for r in tables["v1"]["checkin"]] == ["2026-06-07T08:40:00+08:00"] * 3
+    assert tables["v1"]["attendance"][0]["cutoff"] == "2026-06-07T09:15:00+08:00"
