@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from examroom.agent.session_book import SessionBook
+from examroom.contract.times import epoch
 from examroom.contract.vocabulary import AudioFeed, IncidentType
 
 CSS = """
@@ -79,14 +80,8 @@ class RecordCard:
 
     def _at(self, v: Any) -> datetime | None:
         """A record's time (ISO 8601 with offset, or epoch seconds) in the exam's zone."""
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return datetime.fromtimestamp(v, self.zone)
-        if isinstance(v, str):
-            try:
-                return datetime.fromisoformat(v).astimezone(self.zone)
-            except ValueError:
-                return None
-        return None
+        t = epoch(v)
+        return datetime.fromtimestamp(t, self.zone) if t is not None else None
 
     def _clock(self, v: Any) -> str:
         t = self._at(v)
