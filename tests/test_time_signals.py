@@ -278,6 +278,9 @@ def test_the_broadcast_time_check_is_answered_with_the_room_clocks_offset(make_a
     agent = make_agent(extra="[procedure]\nclock_tolerance_s = 1.0\n" + ROSTER_TOML
                        + '[[device]]\nkind = "clock"\nname = "clock"\nbackend = "sim"\noffset_s = 0.25\n'
                        + _schedule(now, 600, 900, 1200)).start()
+    # commands are not queued for a room that is not connected: wait for its birth (sent after it subscribed)
+    watcher.wait_for(lambda ms: any(m.topic.endswith("/status") and (m.json or {}).get("state") in ("online", "alert")
+                                    for m in ms))
     site = Site(broker.port)
     try:
         good, corr = site.time_check(iso(time.time()), "tc-1")
