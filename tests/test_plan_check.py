@@ -257,3 +257,21 @@ def test_seatplan_expect_over_mqtt_shuts_entry_and_survives_a_restart(tmp_path):
         if agent is not None:
             agent.kill()
         broker.kill()
+
+
+def test_a_new_expectation_during_entry_needs_force_and_a_reason(plan, schedule, clock, tmp_path):
+    """It can shut entry in the middle of entry: the exam lock holds it back unless forced, on record."""
+    from examroom.agent.exam_lock import ExamLock
+
+    r = Room(plan, schedule, clock, tmp_path)
+    lock = ExamLock(schedule, clock, r._emit, str)  # clock: 08:40, entry of math-am is open
+    r.check = PlanCheck(plan, "", "", r.spool, r._emit, clock, "Asia/Shanghai", r.book.add_incident,
+                        exam_lock=lock.check)
+    site = "site (exam/site01/12/cmd/seatplan_expect)"
+    with pytest.raises(RequestError, match="entry"):
+        r.check.expect({"sha256": OTHER, CALLER: site})
+    assert r.check.refusal() is None and r.of("forced") == []  # refused: nothing changed
+    r.check.expect({"sha256": OTHER, CALLER: site, "force": True, "reason": "the site resent the right plan"})
+    assert r.check.refusal() is not None
+    (forced,) = r.of("forced")
+    assert forced["reason"] == "the site resent the right plan" and "seatplan_expect" in forced["action"]

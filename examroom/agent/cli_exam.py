@@ -15,7 +15,7 @@ import argparse
 from typing import Any, Callable
 
 from examroom.agent import cli_handin_verify
-from examroom.agent.cli_verdicts import Human, _clock, checkin_text
+from examroom.agent.cli_verdicts import Human, _clock, answer, checkin_text
 
 def confirm_text(d: dict[str, Any]) -> tuple[str, int]:
     if "verdict" in d:  # the second confirmation: the reply is the admission
@@ -91,11 +91,7 @@ def ack_text(d: dict[str, Any]) -> tuple[str, int]:
 def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callable) -> None:
     def run(a: argparse.Namespace, cmd: str, args: dict[str, Any], human: Human,
             timeout: float = 30.0) -> int:
-        resp = call(a, cmd, timeout=timeout, **{k: v for k, v in args.items() if v is not None})
-        if not resp.get("ok"):
-            return reply(resp)
-        text, code = human(resp)
-        return reply(resp, None if a.json else text) or code
+        return answer(call, reply, a, cmd, args, human, timeout)
 
     def leaf(parent: Any, name: str, help: str, cmd: str,
              build: Callable[[argparse.Namespace], dict[str, Any]],

@@ -9,20 +9,11 @@ script cannot take a finding for a pass.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 from typing import Any, Callable
 
 from examroom.agent import human_time
+from examroom.agent.cli_verdicts import Human, answer
 
-Human = Callable[[dict[str, Any]], tuple[str, int]]  # reply -> (text, exit code)
-
-
-def _at(iso: Any) -> str:
-    """An ISO 8601 time of a reply as the proctor's wall clock shows it."""
-    try:
-        return human_time.clock(datetime.fromisoformat(iso).timestamp())
-    except (TypeError, ValueError):
-        return "?"
 
 
 def _where(session: Any) -> str:
@@ -30,13 +21,13 @@ def _where(session: Any) -> str:
 
 
 def confirm_text(d: dict[str, Any]) -> tuple[str, int]:
-    return f"wall clock check confirmed by {d.get('by')} at {_at(d.get('at'))}; {_where(d.get('session'))}", 0
+    return f"wall clock check confirmed by {d.get('by')} at {human_time.clock(d.get('at'))}; {_where(d.get('session'))}", 0
 
 
 def check_text(d: dict[str, Any]) -> tuple[str, int]:
     """One proctor check: the verdict and each problem, exit 1 on a finding."""
     on_duty = ", ".join(d.get("signed_in") or []) or "nobody"
-    head = (f"proctor check of session {d.get('session')} at {_at(d.get('at'))}: "
+    head = (f"proctor check of session {d.get('session')} at {human_time.clock(d.get('at'))}: "
             f"{'PASS' if d.get('ok') else 'FAIL'} (signed in: {on_duty}; {d.get('required')} required)")
     return "\n".join([head, *(f"  {p}" for p in d.get("problems") or [])]), 0 if d.get("ok") else 1
 
@@ -68,14 +59,7 @@ def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callabl
         setup(sp)
         sp.add_argument("--json", action="store_true", help="print the agent's reply as JSON")
 
-        def run(a: argparse.Namespace) -> int:
-            resp = call(a, cmd, **{k: v for k, v in build(a).items() if v is not None})
-            if not resp.get("ok"):
-                return reply(resp)
-            text, code = human(resp)
-            return reply(resp, None if a.json else text) or code
-
-        sp.set_defaults(fn=run)
+        sp.set_defaults(fn=lambda a: answer(call, reply, a, cmd, build(a), human))
 
     ck = sub.add_parser("clock", help="the room clock: confirm the wall clock was checked (开考前核对时钟)")
     cks = ck.add_subparsers(dest="clock_command", required=True)

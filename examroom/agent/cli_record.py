@@ -15,20 +15,17 @@ import hashlib
 import json
 import re
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from examroom.agent import human_time
+from examroom.agent.cli_verdicts import answer
 
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # [[exam]] id: also keeps the path inside record_dir
 
 
 def violation_text(d: dict[str, Any]) -> tuple[str, int]:
-    try:
-        at = human_time.clock(datetime.fromisoformat(d["time"]).timestamp())
-    except (KeyError, TypeError, ValueError):
-        at = "?"
+    at = human_time.clock(d.get("time"))
     lines = [f"VIOLATION {d.get('code')} ({d.get('text')}) recorded for seat {d.get('seat')}"
              + (f", ticket {d['ticket']}" if d.get("ticket") else "")
              + f" at {at} by {d.get('by')}, session {d.get('session')}"]
@@ -92,15 +89,8 @@ def add_commands(sub: Any, with_config: Callable, call: Callable, reply: Callabl
     sp.add_argument("--by", required=True, help="who records it: your proctor id (signed on the record)")
     sp.add_argument("--json", action="store_true", help="print the agent's reply as JSON")
 
-    def violation(a: argparse.Namespace) -> int:
-        resp = call(a, "violation", **{k: v for k, v in {"seat": a.seat, "code": a.code, "note": a.note,
-                                                          "by": a.by}.items() if v is not None})
-        if not resp.get("ok"):
-            return reply(resp)
-        text, code = violation_text(resp)
-        return reply(resp, None if a.json else text) or code
-
-    sp.set_defaults(fn=violation)
+    sp.set_defaults(fn=lambda a: answer(call, reply, a, "violation",
+                                        {"seat": a.seat, "code": a.code, "note": a.note, "by": a.by}, violation_text))
     rec = sub.add_parser("record", help="the session records on this box")
     recs = rec.add_subparsers(dest="record_command", required=True)
     sp = with_config(recs.add_parser(

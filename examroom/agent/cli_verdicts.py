@@ -4,6 +4,7 @@ and cli_handin_verify.py (hand-in, the verification point).
 """
 from __future__ import annotations
 
+import argparse
 from typing import Any, Callable
 
 from examroom.agent import human_time
@@ -50,3 +51,14 @@ def checkin_text(d: dict[str, Any]) -> tuple[str, int]:
     why = REFUSED.get(str(verdict), "{verdict}").format(
         cutoff=_clock(d.get("cutoff")), status=d.get("status"), phase=d.get("phase"), verdict=verdict)
     return "\n".join([f"NOT ADMITTED {who} at {at}, {by}: {why}", *tail]), 1
+
+
+def answer(call: Callable[..., dict[str, Any]], reply: Callable[..., int], a: argparse.Namespace, cmd: str,
+           args: dict[str, Any], human: Human, timeout: float = 30.0) -> int:
+    """Send one control-socket command and print its reply for a person (``--json``: as is);
+    the exit code is the reply's: 1 for a refusal, or what ``human`` says of the result."""
+    resp = call(a, cmd, timeout=timeout, **{k: v for k, v in args.items() if v is not None})
+    if not resp.get("ok"):
+        return reply(resp)
+    text, code = human(resp)
+    return reply(resp, None if a.json else text) or code

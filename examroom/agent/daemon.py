@@ -73,19 +73,22 @@ class Agent:
         self.photos = Photos(self.devices, self.emit, [dc.name for dc in config.devices if dc.kind == "camera"])
         ck = config.checkin
         zone = ZoneInfo(config.procedure["timezone"])  # the offset of every time the room publishes
+        self.exam_lock = ExamLock(config.schedule, clock, self.emit, lambda text: self.room.scrub(text))
         self.plan_check = PlanCheck(plan, config.procedure["seatplan_sha256"], config.procedure["photo_dir"],
                                     self.spool, self.emit, clock, config.procedure["timezone"],
-                                    record=lambda incident: self.room.note_incident(incident))
+                                    record=lambda incident: self.room.note_incident(incident),
+                                    exam_lock=self.exam_lock.check)
         self.room = Room(config.room["id"], config.schedule, plan, ck["record_dir"], ck["journal"],
                          config.listening["auto_switch_backup"], self.bus, self.emit, clock, self.devices,
                          self.photos, roster=[p["id"] for p in config.proctors],
+                         staff_names=[p["name"] for p in config.proctors],
                          handin_not_before_end_min=config.procedure["handin_not_before_end_min"],
                          gate=self.plan_check.refusal, zone=zone)
         self.pushes = Pushes(self.emit, self.room.scrub, [p["id"] for p in config.proctors], clock)
         self.procedure = Procedure(config, self.emit, clock, self.room.scrub, self._clock_device)
         self.commands = Commands(
             emit=self.emit, clock=clock, devices=self.devices, status=self.status, scrub=self.room.scrub,
-            lock=ExamLock(config.schedule, clock, self.emit, self.room.scrub),
+            lock=self.exam_lock,
             station=lambda: self.room.station, photos=self.photos,
             trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident,
                                 zone),

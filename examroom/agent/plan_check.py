@@ -87,7 +87,8 @@ def describe(state: dict[str, Any]) -> str:
 
 class PlanCheck:
     def __init__(self, plan: SeatPlan | None, expected: str, photo_dir: str, meta: Meta, emit: Emit,
-                 clock: Callable[[], float], zone: str, record: Record) -> None:
+                 clock: Callable[[], float], zone: str, record: Record,
+                 exam_lock: Callable[[str, dict[str, Any], str], None] = lambda action, args, by: None) -> None:
         """``expected``: the bundle's ``[procedure] seatplan_sha256`` ("" when none);
         ``photo_dir``: where the photos are ("" beside the plan file)."""
         self._plan = plan
@@ -98,6 +99,7 @@ class PlanCheck:
         self._clock = clock
         self._zone = ZoneInfo(zone)
         self._record = record
+        self._exam_lock = exam_lock  # a new expectation can shut entry: not mid-entry without force
         self._lock = threading.Lock()
         self._expected: str | None = expected or None
         self._from: str | None = "config" if expected else None
@@ -203,6 +205,10 @@ class PlanCheck:
             raise RequestError("'sha256' must be the seat plan's SHA-256: 64 hex characters")
         sha = sha.strip().lower()
         by = str(args.get(CALLER) or "unknown")
+        with self._lock:
+            differs = sha != self._expected
+        if differs:  # the same value again changes nothing: no lock to ask
+            self._exam_lock("a new seat-plan expectation (seatplan_expect), which can shut entry", args, by)
         now = self._clock()
         self._meta.set_meta(META_KEY, json.dumps({"sha256": sha, "config": self._configured, "by": by,
                                                   "time": self._iso(now)}))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from datetime import tzinfo
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from examroom.agent.checkin import CheckinStation
 from examroom.agent.devices import Devices
@@ -34,7 +34,8 @@ class Room:
                  record_dir: str | Path, journal: str | Path, auto_switch_backup: bool,
                  bus: Bus, emit: Emit, clock: Callable[[], float], devices: Devices, photos: Photos,
                  roster: list[str] | None = None, handin_not_before_end_min: float = 0.0,
-                 gate: Callable[[], str | None] | None = None, zone: tzinfo | None = None) -> None:
+                 gate: Callable[[], str | None] | None = None, zone: tzinfo | None = None,
+                 staff_names: Iterable[str] = ()) -> None:
         """``zone``: the exam's (``[procedure] timezone``): the offset of the times the book publishes."""
         self._gate = gate  # why entry is shut (an unverified seat plan), None when open
         self._zone = zone
@@ -51,7 +52,10 @@ class Room:
         self._photos = photos
         self._roster = roster or []
         self._handin_not_before_end_min = handin_not_before_end_min  # [procedure]: the province's rule
-        self.scrub = Scrubber(c.name for c in plan.candidates) if plan is not None else Scrubber()
+        # one scrubber knows every name of the room: candidates' and the proctors' (a note, a
+        # reason or a verification point typed at the box may hold either)
+        self.scrub = Scrubber([*(c.name for c in plan.candidates), *staff_names] if plan is not None
+                              else list(staff_names))
         self.book: SessionBook | None = None
         self.station: CheckinStation | None = None
         self.audio: AudioWatch | None = None

@@ -18,7 +18,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from examroom.site.commands import BrokerUnreachable, CommandClient
 from examroom.site.config import SiteConfig
@@ -51,14 +51,20 @@ def steps_arg(text: str) -> list[str]:
     return steps
 
 
-def seconds_arg(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 0 < v <= 3600:
-        raise argparse.ArgumentTypeError(f"expected 0-3600 seconds, got {text}")
-    return v
+def seconds_between(low: float, high: float, zero_ok: bool = False) -> Callable[[str], float]:
+    """An argparse type for a number of seconds in (low, high], or [low, high] with ``zero_ok``."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+        if not (low <= v if zero_ok else low < v) or not v <= high:
+            raise argparse.ArgumentTypeError(f"expected {low:g}-{high:g} seconds, got {text}")
+        return v
+    return parse
+
+
+seconds_arg = seconds_between(0, 3600)
 
 
 def who_runs() -> str:

@@ -25,7 +25,7 @@ from examroom.site.commands import Answer, BrokerUnreachable, CommandClient
 from examroom.site.config import SiteConfig
 from examroom.site.jointtest import zone_of
 from examroom.site.jointtest_cli import (EXIT_BROKER, EXIT_FAILED, EXIT_USAGE, resolve_rooms, rooms_arg,
-                                        seconds_arg, store_or_none, who_runs)
+                                        seconds_arg, seconds_between, store_or_none, who_runs)
 
 MAX_TEXT = 500  # the room's limit (examroom/agent/commands.py MAX_PUSH)
 
@@ -36,14 +36,7 @@ def text_arg(text: str) -> str:
     return text
 
 
-def wait_arg(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not 0 <= v <= 24 * 3600:
-        raise argparse.ArgumentTypeError(f"expected 0-86400 seconds, got {text}")
-    return v
+wait_arg = seconds_between(0, 24 * 3600, zero_ok=True)
 
 
 def cmd_push(args: argparse.Namespace, cfg: SiteConfig) -> int:

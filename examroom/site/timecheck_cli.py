@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 
 from examroom.site.commands import BrokerUnreachable, CommandClient
 from examroom.site.config import SiteConfig
-from examroom.site.jointtest_cli import EXIT_BROKER, EXIT_FAILED, EXIT_USAGE, resolve_rooms, rooms_arg, store_or_none
+from examroom.site.jointtest_cli import (EXIT_BROKER, EXIT_FAILED, EXIT_USAGE, resolve_rooms, rooms_arg, seconds_arg,
+                                        store_or_none)
 
 
 def cmd_time_check(args: argparse.Namespace, cfg: SiteConfig) -> int:
@@ -58,5 +59,5 @@ def add_parsers(sub: Any) -> None:
                                     "3 when the broker is unreachable.")
     sp.add_argument("--rooms", type=rooms_arg, default=None, metavar="all|LIST",
                     help="'all' (default: every room the aggregator knows and [rooms] expected) or room101,room102")
-    sp.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the answers")
+    sp.add_argument("--timeout", type=seconds_arg, default=10.0, metavar="S", help="seconds to wait for the answers")
     sp.set_defaults(func=cmd_time_check)
