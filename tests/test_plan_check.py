@@ -222,7 +222,9 @@ def test_seatplan_expect_over_mqtt_shuts_entry_and_survives_a_restart(tmp_path):
 
             agg = Aggregator(broker.port, w)
             mark = len(w.messages)
-            reply = agg.call("seatplan_expect", {"sha256": OTHER})
+            refused = agg.call("seatplan_expect", {"sha256": OTHER})  # entry is open: the exam lock holds
+            assert refused["ok"] is False and "force" in refused["error"]
+            reply = agg.call("seatplan_expect", {"sha256": OTHER, "force": True, "reason": "plan re-issued"})
             assert reply["ok"] and reply["changed"] and reply["plan_check"]["entry_blocked"]
             change = wait_kind(w, mark, "plan_check")
             assert change["trigger"] == "seatplan_expect" and change["by"] == f"site ({TOPICS.cmd('seatplan_expect')})"

@@ -206,8 +206,8 @@ class PlanCheck:
         sha = sha.strip().lower()
         by = str(args.get(CALLER) or "unknown")
         with self._lock:
-            differs = sha != self._expected
-        if differs:  # the same value again changes nothing: no lock to ask
+            shuts = sha != self._expected and sha != self._plan.sha256
+        if shuts:  # the plan's own hash (re)opens entry, the same value changes nothing: no lock to ask
             self._exam_lock("a new seat-plan expectation (seatplan_expect), which can shut entry", args, by)
         now = self._clock()
         self._meta.set_meta(META_KEY, json.dumps({"sha256": sha, "config": self._configured, "by": by,
