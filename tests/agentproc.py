@@ -92,3 +92,14 @@ class AgentProcess:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def wait_online(port: int, rooms: list[str], timeout: float = 60) -> None:
+    """Until every room's retained status says it is connected: the control socket answers
+    before the uplink has subscribed, and a command sent to a room not yet subscribed is
+    lost (commands are not queued for an unconnected room)."""
+    from tests.mqttwatch import Watcher
+
+    with Watcher(port, "exam/+/+/status") as w:
+        w.wait_for(lambda ms: set(rooms) <= {m.topic.split("/")[2] for m in ms
+                                             if (m.json or {}).get("state") in ("online", "alert")}, timeout)

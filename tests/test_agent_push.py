@@ -24,7 +24,7 @@ from devkit.localbroker import Broker
 from examroom.site.commands import CommandClient
 from examroom.site.config import parse
 from examroom.site.store import Store
-from tests.agentproc import AgentProcess, write_config
+from tests.agentproc import AgentProcess, wait_online, write_config
 from tests.mqttwatch import Watcher
 from tests.schemas import validator
 
@@ -58,6 +58,7 @@ class Site:
             t.start()
         for t in threads:
             t.join()
+        wait_online(self.broker.port, list(self.rooms))
         self.config = tmp / "site.toml"
         self.config.write_text(f'[site]\nid = "site01"\nname = "测试考点"\n[mqtt]\nhost = "127.0.0.1"\n'
                                f'port = {self.broker.port}\n[store]\npath = "{tmp}/site.db"\n[board]\nlisten = ""\n'

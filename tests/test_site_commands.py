@@ -20,7 +20,7 @@ from devkit.localbroker import Broker, free_port
 from examroom.site import cli as site_cli
 from examroom.site.commands import MAX_OUTSTANDING, BrokerUnreachable, CommandClient
 from examroom.site.config import SiteConfig, parse
-from tests.agentproc import AgentProcess, write_config
+from tests.agentproc import AgentProcess, wait_online, write_config
 from tests.mqttwatch import Watcher
 
 AUDIO = '\n[[device]]\nkind = "audio"\nname = "broadcast"\nbackend = "sim"\n'
@@ -42,6 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Broker, Si
     try:
         with ThreadPoolExecutor(len(agents)) as pool:
             list(pool.map(lambda a: a.start(), agents))
+        wait_online(broker.port, ["room101", "room102"])
         yield broker, site_config(tmp, broker.port)
     finally:
         for a in agents:

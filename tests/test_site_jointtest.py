@@ -23,7 +23,7 @@ from examroom.site import cli as site_cli
 from examroom.site.config import SiteConfig, parse
 from examroom.site.jointtest import start_campaign
 from examroom.site.store import Store
-from tests.agentproc import AgentProcess, write_config
+from tests.agentproc import AgentProcess, wait_online, write_config
 
 ROOMS = [f"room{i:02d}" for i in range(1, 21)]
 OFFLINE, FAULTY = "room13", "room07"
@@ -83,6 +83,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         with ThreadPoolExecutor(len(agents)) as pool:  # 19 Python processes on 2 cores: in parallel
             list(pool.map(lambda a: a.start(timeout=60), [a for a in agents if OFFLINE not in a.socket]))
+        wait_online(broker.port, [r for r in ROOMS if r != OFFLINE])
         yield s
     finally:
         for a in agents:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from devkit.localbroker import Broker
 from examroom.site.cli import main
-from tests.agentproc import AgentProcess, write_config
+from tests.agentproc import AgentProcess, wait_online, write_config
 from tests.site_lab import site_toml
 
 
@@ -16,6 +16,7 @@ def test_every_room_answers_its_offset_and_a_wrong_clock_fails_the_check(tmp_pat
     strict = AgentProcess(write_config(tmp_path, broker.port, room="room102",
                                        extra="[procedure]\nclock_tolerance_s = 0.000001\n"),
                           tmp_path / "room102.sock").start()
+    wait_online(broker.port, ["room101", "room102"])
     cfg = str(site_toml(tmp_path, broker.port))
     try:
         assert main(["--config", cfg, "time-check", "--rooms", "room101"]) == 0
