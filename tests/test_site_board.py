@@ -180,8 +180,9 @@ def in_zone(ts: str | float) -> str:
     return d.astimezone(SITE_ZONE).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def http(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+def http(url: str, method: str = "GET", body: bytes | None = None, origin: str | None = None) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json", **({"Origin": origin} if origin else {})}
+    req = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             status, raw, ctype = r.status, r.read(), r.headers.get("Content-Type", "")
@@ -470,3 +471,20 @@ def test_the_stream_sends_a_snapshot_then_changes_and_keepalives(site: Site, mon
         kinds = [next_message() for _ in range(5)]
         tiles = [t for k, d in kinds if k == "update" for t in d.get("rooms", []) if t["room"] == "exp09"]
         assert tiles and tiles[0]["state"] == "unknown"
+
+
+def test_another_sites_page_cannot_post_and_broadcast_is_no_room(site: Site) -> None:
+    """A page elsewhere must not start a joint test in every room or acknowledge in someone's name."""
+    calls: list[list[str] | None] = []
+    board = Board(site.app.cfg, site.store, lambda rooms: calls.append(rooms) or "jt-x")
+    board.start()
+    try:
+        status, body = http(board.url + "api/jointtest", "POST", b"", origin="http://evil.example")
+        assert (status, body["error"]) == (403, "a request from another site's page is refused") and calls == []
+        own = board.url.rstrip("/")
+        assert http(board.url + "api/jointtest", "POST", b"", origin=own) == (202, {"run": "jt-x"})
+        status, body = http(board.url + "api/jointtest", "POST", b'{"rooms": ["broadcast"]}', origin=own)
+        assert status == 400 and "broadcast" in body["error"] and calls == [None]
+        assert http(board.url + "api/jointtest", "POST", b'{"rooms": ["a,b"]}')[0] == 400
+    finally:
+        board.stop()

@@ -175,3 +175,13 @@ def test_violation_incidents_are_one_alert_per_seat_and_code(site):
     assert set(alerts) == {"incident:violation:3:Z01", "incident:violation:5:W02"}
     assert "seat 3, code Z01 携带手机" in alerts["incident:violation:3:Z01"]
     assert site.ingest.counts["invalid"] == 0  # the shape the room publishes (docs/events-checkin.md)
+
+
+def test_an_id_number_a_room_lets_through_is_masked_on_every_board(site):
+    from examroom.site.web_api import summarize
+
+    leaked = "110105199003070017"  # valid check digit: a full ID number in a room's alert
+    site("status", status("alert", 1, alerts=[f"camera: seat of {leaked} covered"]))
+    (alert,) = site.store.alerts("room101")
+    assert leaked not in alert["text"] and "110105********0017" in alert["text"]
+    assert leaked not in summarize("note", {"text": f"asked about {leaked}"})

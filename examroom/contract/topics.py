@@ -8,9 +8,17 @@ Each level is 1-64 of ``[A-Za-z0-9_-]`` (config checks it), so splitting on
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 BROADCAST = "broadcast"  # the pseudo-room a site's commands to every room go to
+ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # a site, room or prefix level
+
+
+def is_room_id(text: str) -> bool:
+    """A room a command may be addressed to: an id, and not the site's broadcast pseudo-room
+    (a command to ``broadcast`` reaches every room)."""
+    return bool(ID.fullmatch(text)) and text != BROADCAST
 CHANNELS = ("status", "heartbeat", "event", "reply", "cmd")  # the level after the room
 
 

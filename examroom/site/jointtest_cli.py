@@ -20,13 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from examroom.contract.topics import is_room_id
 from examroom.site.commands import BrokerUnreachable, CommandClient
 from examroom.site.config import SiteConfig
 from examroom.site.jointtest import MAX_WORKERS, STEPS, Campaign, Row, default_out, known_rooms, percentiles
 from examroom.site.jointtest_report import write_reports
 from examroom.site.store import Store
 
-ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ALL = "all"
 EXIT_FAILED, EXIT_USAGE, EXIT_BROKER = 1, 2, 3
 
@@ -36,9 +36,10 @@ def rooms_arg(text: str) -> list[str] | None:
     if text.strip() == ALL:
         return None
     rooms = [r for r in re.split(r"[,\s]+", text.strip()) if r]
-    bad = [r for r in rooms if not ROOM_ID.fullmatch(r)]
+    bad = [r for r in rooms if not is_room_id(r)]
     if not rooms or bad:
-        raise argparse.ArgumentTypeError(f"expected 'all' or room ids of [A-Za-z0-9_-] separated by commas, "
+        raise argparse.ArgumentTypeError(f"expected 'all' or room ids of [A-Za-z0-9_-] (not 'broadcast') "
+                                         f"separated by commas, "
                                          f"got {text!r}")
     return rooms
 

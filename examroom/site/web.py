@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from examroom.contract.topics import BROADCAST, is_room_id
 from examroom.site import web_api as api
 from examroom.site.config import SiteConfig
 from examroom.site.store import Store
@@ -115,9 +116,9 @@ class _Server(ThreadingHTTPServer):
 # -- the routes ---------------------------------------------------------------------
 def _room_ids(text: str) -> list[str]:
     ids = list(dict.fromkeys(r.strip() for r in text.split(",") if r.strip()))
-    bad = [r for r in ids if not api.ROOM_ID.fullmatch(r)]
+    bad = [r for r in ids if not is_room_id(r)]
     if bad:
-        raise HttpError(400, f"not a room id: {bad[0][:80]!r} (1-64 of A-Z a-z 0-9 _ -)")
+        raise HttpError(400, f"not a room id: {bad[0][:80]!r} (1-64 of A-Z a-z 0-9 _ -, not {BROADCAST!r})")
     return ids
 
 
@@ -211,8 +212,8 @@ def api_jointtest_start(req: _Handler, m: re.Match, q: dict[str, str]) -> None:
     rooms = (body or {}).get("rooms")
     if rooms is not None and not (isinstance(rooms, list) and all(isinstance(r, str) for r in rooms)):
         raise HttpError(400, "rooms: a list of room ids")
-    if rooms:
-        _room_ids(",".join(rooms))
+    if rooms and not all(is_room_id(r) for r in rooms):
+        raise HttpError(400, f"rooms: room ids of 1-64 of A-Z a-z 0-9 _ -, not {BROADCAST!r}")
     try:
         run = start(rooms or None)
     except ValueError as e:
@@ -303,7 +304,13 @@ class _Handler(BaseHTTPRequestHandler):
         raise HttpError(404, f"no such page: {path[:200]}")
 
     def body_json(self) -> Any:
-        """The request's JSON body, None when there is none; a bad one is the client's error (400)."""
+        """The request's JSON body, None when there is none; a bad one is the client's error (400).
+        Every POST reads its body here, so this is where another site's page is turned away: a
+        browser sends ``Origin`` with a cross-origin POST, and a page elsewhere must not start a
+        joint test in every room or acknowledge alerts in someone's name."""
+        origin = self.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != self.headers.get("Host"):
+            raise HttpError(403, "a request from another site's page is refused")
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:

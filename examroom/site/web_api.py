@@ -12,15 +12,16 @@ test only when they changed, so a heartbeat costs one row read, not the whole si
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Any
 
+from examroom.contract.topics import ID
 from examroom.contract.vocabulary import EventKind
+from examroom.drivers.gb11643 import mask_ids_in_text
 from examroom.site.ingest import OFFLINE_KEY
 from examroom.site.store import Store
 
-ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # the contract's ids (docs/mqtt.md)
+ROOM_ID = ID  # the contract's ids (docs/mqtt.md)
 GROUP = 8  # rooms one video proctor follows
 PUSHES_SHOWN = 5
 EVENTS_SHOWN = 200
@@ -70,7 +71,8 @@ def summarize(kind: str, data: Any) -> str:
         return ""
     first = [k for k in _SUMMARY_KEYS.get(kind, ()) if k in data]
     rest = sorted(k for k, v in data.items() if k not in first and not isinstance(v, dict))
-    text = " · ".join(f"{k}={_short(data[k])}" for k in first + rest if data[k] is not None)
+    # ID numbers arrive masked; a room with a bug must still not put one on a screen
+    text = mask_ids_in_text(" · ".join(f"{k}={_short(data[k])}" for k in first + rest if data[k] is not None))
     return text if len(text) <= SUMMARY_MAX else text[:SUMMARY_MAX - 1] + "…"
 
 
