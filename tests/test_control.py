@@ -371,7 +371,7 @@ def test_sim_card_routes_by_what_the_word_is_not_its_length(sockdir: Path, sim_d
             cond.notify_all()
 
     sim_devices.bus.subscribe(CardPresented, on_card)
-    commands = Commands(emit=lambda k, d: None, clock=time.time, devices=sim_devices, status=dict, scrub=str,
+    commands = Commands(emit=lambda k, d: None, devices=sim_devices, status=dict, scrub=str,
                         lock=ExamLock(None, time.time, lambda k, d: None, str), station=lambda: None,
                         photos=Photos(sim_devices, lambda k, d: None, []),
                         trials=TrialReports(sockdir, "room101", lambda k, d: None, time.time, lambda i: None,

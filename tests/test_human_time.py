@@ -22,7 +22,6 @@ def test_the_cli_prints_exam_time_not_the_machines(monkeypatch):
         text, _ = checkin_text({"verdict": "admitted", "seat": "3", "ticket": "1", "id_masked": "x",
                                 "time": NINE_AM_BEIJING, "device": "idreader"})
         assert "09:00:00" in text and "01:00:00" not in text
-        assert human_time.moment(NINE_AM_BEIJING) == "2026-06-07 09:00:00 +08:00"
         human_time.use_zone("Asia/Urumqi")  # a province may keep its own
         assert human_time.clock(NINE_AM_BEIJING) == "07:00:00"
     finally:
@@ -39,7 +38,6 @@ def test_a_reply_time_reads_alike_in_either_contract_version(monkeypatch):
     try:
         for at in (NINE_AM_BEIJING, "2026-06-07T09:00:00.000+08:00", "2026-06-07T01:00:00+00:00"):
             assert human_time.clock(at) == "09:00:00", at
-            assert human_time.moment(at) == "2026-06-07 09:00:00 +08:00", at
         text, code = checkin_text({"verdict": "late_refused", "seat": "3", "ticket": "1", "id_masked": "x",
                                    "time": "2026-06-07T09:16:00.250+08:00", "cutoff": "2026-06-07T09:15:00.000+08:00",
                                    "device": "idreader"})

@@ -86,7 +86,7 @@ def _arg(args: dict[str, Any], key: str, required: bool = True) -> str | None:
 
 
 class Commands:
-    def __init__(self, *, emit: Emit, clock: Callable[[], float], devices: Devices,
+    def __init__(self, *, emit: Emit, devices: Devices,
                  status: Callable[[], dict[str, Any]], scrub: Callable[[str], str],
                  lock: ExamLock, station: Callable[[], CheckinStation | None],
                  photos: Photos, trials: TrialReports, pushes: Pushes | None = None,
@@ -95,7 +95,6 @@ class Commands:
         """``extra``: the handlers of components that own their commands (procedure steps),
         each also listed in ``WHERE``."""
         self._emit = emit
-        self._clock = clock
         self._devices = devices
         self._status = status
         self._scrub = scrub

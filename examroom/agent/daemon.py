@@ -87,7 +87,7 @@ class Agent:
         self.pushes = Pushes(self.emit, self.room.scrub, [p["id"] for p in config.proctors], clock)
         self.procedure = Procedure(config, self.emit, clock, self.room.scrub, self._clock_device)
         self.commands = Commands(
-            emit=self.emit, clock=clock, devices=self.devices, status=self.status, scrub=self.room.scrub,
+            emit=self.emit, devices=self.devices, status=self.status, scrub=self.room.scrub,
             lock=self.exam_lock,
             station=lambda: self.room.station, photos=self.photos,
             trials=TrialReports(ck["record_dir"], config.room["id"], self.emit, clock, self.room.note_incident,

@@ -32,13 +32,3 @@ def clock(ts: Any = None) -> str:
     if t is None:
         return "?"
     return datetime.fromtimestamp(t, _zone).strftime("%H:%M:%S")
-
-
-def moment(ts: Any = None) -> str:
-    """Date and time with the zone's offset, for a line a person may keep: ``2026-06-07 09:00:00 +08:00``
-    (from epoch seconds or an ISO 8601 string with offset)."""
-    t = time.time() if ts is None else epoch(ts)
-    if t is None:
-        return "?"
-    d = datetime.fromtimestamp(t, _zone)
-    return d.strftime("%Y-%m-%d %H:%M:%S ") + d.strftime("%z")[:3] + ":" + d.strftime("%z")[3:]
