@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
+from examroom.agent import human_time
 from examroom.agent import config
 from examroom.agent.daemon import Agent
 from examroom.agent.events import iso_now
@@ -491,7 +492,7 @@ def test_input_absent_from_boot_is_an_incident_when_listening_opens(
                            "cause": "no_input", "start": iso_now(listen.start), "phase": "started"}
         assert emitted.of("audio_switch") == [{"device": "broadcast", "source": "backup", "reason": "auto"}]
         assert mock_gpio.pin(17).state is True
-        assert watch.alerts() == [f"broadcast: audio no_input during listening since {iso_now(listen.start)}"]
+        assert watch.alerts() == [f"broadcast: audio no_input during listening since {human_time.clock(listen.start)}"]
 
         wall[0] = listen.start + 15
         alsa_feed(feeds.tone(3))  # the card appears: the retry opens it

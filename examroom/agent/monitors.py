@@ -11,6 +11,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from examroom.agent import human_time
 from examroom.agent.events import iso_now
 from examroom.agent.schedule import Schedule
 from examroom.contract.vocabulary import (AUDIO_LOSS_FEEDS, EventKind, Incident, IncidentPhase, IncidentType,
@@ -107,7 +108,9 @@ class AudioWatch:
 
     def alerts(self) -> list[str]:
         with self._lock:
-            return [f"{d}: audio {i['cause']} during listening since {i['start']}" for d, i in self._open.items()]
+            # a person reads it (status, the site's board): the time of day in the exam's zone
+            return [f"{d}: audio {i['cause']} during listening since {human_time.clock(i['start'])}"
+                    for d, i in self._open.items()]
 
 
 class CameraWatch:
